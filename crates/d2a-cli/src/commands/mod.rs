@@ -1,0 +1,4 @@
+//! One module per `d2a` subcommand, each an `Args` struct with a `run` method.
+
+pub mod eval_masks;
+pub mod train;

@@ -1,0 +1,52 @@
+//! The `d2a` command line: one module per subcommand under [`commands`].
+//!
+//! The binary (`src/main.rs`) only parses arguments and prints errors; everything a subcommand
+//! does is reachable from this library, so integration tests can call it in-process.
+
+#![warn(missing_docs)]
+
+pub mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// d2a: COVID-19 lung lesion segmentation in chest CT (D2A U-Net).
+#[derive(Debug, Parser)]
+#[command(name = "d2a", version, about, long_about = None)]
+pub struct Cli {
+    /// Print only results and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score predicted masks against ground-truth masks with the paper's metrics.
+    EvalMasks(commands::eval_masks::Args),
+    /// Train a model (with no arguments: a small model on synthetic phantoms).
+    Train(commands::train::Args),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::EvalMasks(args) => args.run(),
+        Command::Train(args) => args.run(),
+    }
+}
+
+/// Sends `tracing` logs to stderr; `RUST_LOG` overrides the level, `quiet` lowers it to warnings.
+pub fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A second initialisation (tests calling in-process) is harmless, so its error is ignored.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

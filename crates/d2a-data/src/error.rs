@@ -1,0 +1,129 @@
+//! The error type of the data crate: every variant names the file or folder at fault.
+
+use std::path::PathBuf;
+
+/// What can go wrong while reading data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A path that should be a folder is not one.
+    #[error("{path} is not a folder")]
+    NotAFolder {
+        /// The path at fault.
+        path: PathBuf,
+    },
+    /// A folder holds no image file of a known type.
+    #[error("{path} holds no image (looked for {extensions})")]
+    EmptyFolder {
+        /// The folder.
+        path: PathBuf,
+        /// The extensions looked for, for the message.
+        extensions: String,
+    },
+    /// Two files in one folder share a stem, so pairing by stem would be ambiguous.
+    #[error("{first} and {second} have the same stem; keep one of them")]
+    DuplicateStem {
+        /// One file.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// Files of two folders do not pair up by stem.
+    #[error("{0}")]
+    Unpaired(Box<UnpairedFiles>),
+    /// An image could not be decoded (corrupt, truncated or of an unsupported kind).
+    #[error("cannot decode image {path}: {reason}")]
+    Decode {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// Two images that must have the same size do not.
+    #[error("{left} is {left_size:?} (width, height) but {right} is {right_size:?}")]
+    SizeMismatch {
+        /// One file.
+        left: PathBuf,
+        /// Its size.
+        left_size: (u32, u32),
+        /// The other file.
+        right: PathBuf,
+        /// Its size.
+        right_size: (u32, u32),
+    },
+    /// A threshold outside `[0, 1]`.
+    #[error("threshold must be in [0, 1], got {0}")]
+    BadThreshold(f64),
+}
+
+/// The result type of the data crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The files of two folders left without a partner by [`pair_by_stem`](crate::slice_files::pair_by_stem).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpairedFiles {
+    /// What the left folder holds ("prediction", "image", ...).
+    pub left_role: String,
+    /// The left folder.
+    pub left_dir: PathBuf,
+    /// File names found only on the left.
+    pub only_left: Vec<String>,
+    /// What the right folder holds.
+    pub right_role: String,
+    /// The right folder.
+    pub right_dir: PathBuf,
+    /// File names found only on the right.
+    pub only_right: Vec<String>,
+}
+
+impl std::fmt::Display for UnpairedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (role, dir, files, other_role) in [
+            (
+                &self.left_role,
+                &self.left_dir,
+                &self.only_left,
+                &self.right_role,
+            ),
+            (
+                &self.right_role,
+                &self.right_dir,
+                &self.only_right,
+                &self.left_role,
+            ),
+        ] {
+            if !files.is_empty() {
+                parts.push(format!(
+                    "{} {role} file(s) in {} have no {other_role} with the same stem: {}",
+                    files.len(),
+                    dir.display(),
+                    list_some(files)
+                ));
+            }
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// The first few names of a list, with a count of the rest, for error messages.
+fn list_some(names: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
+}

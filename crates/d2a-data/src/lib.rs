@@ -1,0 +1,15 @@
+//! CT data for d2a: from files on disk to slices the model and the metrics can use.
+//!
+//! Today this crate reads folders of 2-D slice images and masks ([`slice_files`]): listing them,
+//! pairing them by file stem and decoding grayscale maps with their bit depth. The NIfTI volume
+//! readers, intensity normalisation (SPEC §3), augmentation (SPEC §4) and the batch loader land
+//! with the data issue.
+//!
+//! The crate stands alone: it depends on no other d2a crate.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod slice_files;
+
+pub use error::{Error, Result, UnpairedFiles};

@@ -1,0 +1,11 @@
+//! The D2A U-Net (SPEC §2) and its baselines on candle.
+//!
+//! This crate will hold the models (`d2a_unet`, `unet`, `attention_unet`, ...), their shared
+//! blocks (GAM and DAM attention, the residual attention block, the ResNeXt and VGG-style
+//! encoders) and the ops whose candle versions are wrong or slow (bilinear upsampling, max
+//! pooling, grouped and dilated convolution), each with a correct backward. It lands with the
+//! d2a-model issue.
+//!
+//! The crate stands alone: it depends on no other d2a crate.
+
+#![warn(missing_docs)]
