@@ -9,3 +9,8 @@
 //! The crate stands alone: it depends on no other d2a crate.
 
 #![warn(missing_docs)]
+
+pub mod ops;
+
+#[cfg(test)]
+mod test_support;

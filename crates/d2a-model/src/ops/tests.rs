@@ -1,0 +1,262 @@
+//! Gradient checks (central differences in f64) and PyTorch parity for every op.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use super::*;
+use crate::test_support::{fixture, pseudo_random};
+
+/// Compares the autograd gradient of `sum(f(inputs) · r)` (with a fixed pseudo-random `r`) with
+/// central differences, for every element of every input, in f64.
+fn check_gradients(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) -> Result<()> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_dtype(DType::F64)?))
+        .collect::<Result<_>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&tensors)?;
+    let r = pseudo_random(y.dims(), 99)?.to_dtype(DType::F64)?;
+    let loss = |ts: &[Tensor]| -> Result<f64> { (f(ts)? * &r)?.sum_all()?.to_scalar::<f64>() };
+    let grads = (&y * &r)?.sum_all()?.backward()?;
+    let eps = 1e-6;
+    for (i, var) in vars.iter().enumerate() {
+        let analytic = grads
+            .get(var)
+            .expect("every input gets a gradient")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let base = tensors[i].flatten_all()?.to_vec1::<f64>()?;
+        for j in 0..base.len() {
+            let probe = |delta: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[j] += delta;
+                let mut ts = tensors.clone();
+                ts[i] = Tensor::from_vec(v, tensors[i].dims(), &Device::Cpu)?;
+                loss(&ts)
+            };
+            let numeric = (probe(eps)? - probe(-eps)?) / (2.0 * eps);
+            let tol = 1e-6 * (1.0 + numeric.abs());
+            assert!(
+                (numeric - analytic[j]).abs() < tol,
+                "input {i} element {j}: analytic {} vs numeric {numeric}",
+                analytic[j]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// Runs `f` on the fixture's inputs and checks output and gradients against PyTorch's.
+fn check_fixture(name: &str, f: impl Fn(&Tensor, Option<&Tensor>) -> Result<Tensor>) -> Result<()> {
+    let Some(fx) = fixture("ops_io.safetensors")? else {
+        return Ok(());
+    };
+    let get = |k: &str| fx.get(&format!("{name}.{k}")).cloned();
+    let x = Var::from_tensor(&get("x").expect("fixture input"))?;
+    let w = get("w").map(|w| Var::from_tensor(&w)).transpose()?;
+    let y = f(x.as_tensor(), w.as_ref().map(|w| w.as_tensor()))?;
+    assert!(
+        max_abs_diff(&y, &get("y").unwrap())? < 1e-4,
+        "{name}: output differs from PyTorch"
+    );
+    let grads = (&y * get("gy").unwrap())?.sum_all()?.backward()?;
+    assert!(
+        max_abs_diff(grads.get(&x).unwrap(), &get("gx").unwrap())? < 1e-4,
+        "{name}: input gradient differs"
+    );
+    if let Some(w) = &w {
+        assert!(
+            max_abs_diff(grads.get(w).unwrap(), &get("gw").unwrap())? < 1e-4,
+            "{name}: weight gradient differs"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_gradients_for_every_geometry() -> Result<()> {
+    let cases = [
+        // (x dims, w dims, config)
+        ([2, 4, 5, 7], [6, 4, 3, 3], Conv2dConfig::square(1, 1, 1, 1)),
+        ([1, 4, 7, 6], [4, 2, 3, 3], Conv2dConfig::square(2, 1, 1, 2)),
+        ([1, 4, 6, 9], [4, 1, 3, 3], Conv2dConfig::square(2, 1, 1, 4)),
+        ([1, 2, 9, 8], [3, 2, 3, 3], Conv2dConfig::square(1, 2, 2, 1)),
+        (
+            [1, 2, 12, 11],
+            [2, 2, 3, 3],
+            Conv2dConfig::square(1, 5, 5, 1),
+        ),
+        ([2, 3, 5, 4], [5, 3, 1, 1], Conv2dConfig::plain()),
+        (
+            [1, 3, 9, 11],
+            [2, 3, 7, 7],
+            Conv2dConfig::square(2, 3, 1, 1),
+        ),
+        (
+            [1, 2, 6, 7],
+            [2, 2, 2, 3],
+            Conv2dConfig {
+                stride: (2, 1),
+                padding: (0, 1),
+                dilation: (1, 2),
+                groups: 1,
+            },
+        ),
+    ];
+    for (i, (xd, wd, cfg)) in cases.into_iter().enumerate() {
+        let x = pseudo_random(&xd, i as u64)?;
+        let w = pseudo_random(&wd, 100 + i as u64)?;
+        check_gradients(|t| conv2d(&t[0], &t[1], cfg), &[x, w])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_matches_candle_where_candle_is_right() -> Result<()> {
+    let x = pseudo_random(&[2, 6, 11, 9], 1)?;
+    let w = pseudo_random(&[4, 3, 3, 3], 2)?;
+    for (stride, padding, dilation) in [(1, 1, 1), (2, 1, 1), (1, 2, 2), (3, 0, 1)] {
+        let ours = conv2d(&x, &w, Conv2dConfig::square(stride, padding, dilation, 2))?;
+        let theirs = x.conv2d(&w, padding, stride, dilation, 2)?;
+        assert!(
+            max_abs_diff(&ours, &theirs)? < 1e-5,
+            "stride {stride} padding {padding} dilation {dilation}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_rejects_bad_shapes() -> Result<()> {
+    let x = pseudo_random(&[1, 6, 5, 5], 1)?;
+    let err = |w: &[usize], cfg| {
+        conv2d(&x, &pseudo_random(w, 2).unwrap(), cfg)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[4, 4, 3, 3], Conv2dConfig::square(1, 1, 1, 4)).contains("groups"));
+    assert!(err(&[4, 6, 7, 7], Conv2dConfig::plain()).contains("smaller than"));
+    assert!(err(&[4, 6, 3, 3], Conv2dConfig::square(0, 1, 1, 1)).contains("positive"));
+    assert!(
+        conv2d(
+            &x.to_dtype(DType::U8)?,
+            &pseudo_random(&[4, 6, 3, 3], 2)?.to_dtype(DType::U8)?,
+            Conv2dConfig::plain()
+        )
+        .is_err()
+    );
+    Ok(())
+}
+
+#[test]
+fn max_pool_gradient_and_shape() -> Result<()> {
+    // Distinct values, so that no window has a tie and the gradient is defined.
+    for (i, dims) in [[2, 3, 9, 8], [1, 2, 6, 11], [1, 1, 3, 3]]
+        .into_iter()
+        .enumerate()
+    {
+        let n: usize = dims.iter().product();
+        let x = Tensor::from_vec(
+            (0..n)
+                .map(|k| ((k * 7919 + i) % n) as f64 - n as f64 / 2.0)
+                .collect(),
+            &dims,
+            &Device::Cpu,
+        )?;
+        let y = max_pool2d(&x, 3, 2, 1)?;
+        assert_eq!(
+            y.dims(),
+            [
+                dims[0],
+                dims[1],
+                (dims[2] - 1) / 2 + 1,
+                (dims[3] - 1) / 2 + 1
+            ]
+        );
+        check_gradients(|t| max_pool2d(&t[0], 3, 2, 1), &[x])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn max_pool_gives_a_tie_to_the_first_maximum_only() -> Result<()> {
+    let x = Var::from_tensor(&Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu)?)?;
+    let y = max_pool2d(x.as_tensor(), 2, 2, 0)?;
+    let g = y.sum_all()?.backward()?;
+    assert_eq!(
+        g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?,
+        [1.0, 0.0, 0.0, 0.0]
+    );
+    Ok(())
+}
+
+#[test]
+fn up2_gradient_and_known_values() -> Result<()> {
+    for (i, dims) in [[2, 3, 5, 7], [1, 1, 1, 1], [1, 2, 4, 3]]
+        .into_iter()
+        .enumerate()
+    {
+        check_gradients(|t| up2(&t[0]), &[pseudo_random(&dims, i as u64)?])?;
+    }
+    // One row [0, 4]: PyTorch gives [0, 1, 3, 4].
+    let x = Tensor::new(&[[[[0f32, 4.0]]]], &Device::Cpu)?;
+    assert_eq!(
+        up2(&x)?.flatten_all()?.to_vec1::<f32>()?,
+        [0.0, 1.0, 3.0, 4.0, 0.0, 1.0, 3.0, 4.0]
+    );
+    Ok(())
+}
+
+#[test]
+fn up2_gradient_accumulates_with_other_uses() -> Result<()> {
+    // candle's nearest upsampling overwrote gradients that other uses of its input had added.
+    let x = Var::from_tensor(&pseudo_random(&[1, 2, 3, 4], 5)?)?;
+    let y = (up2(x.as_tensor())?.sum_all()? + x.as_tensor().sum_all()?)?;
+    let g = y
+        .backward()?
+        .get(&x)
+        .unwrap()
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    // Each input pixel spreads to 4 output pixels with weights summing to 4, plus 1 from the sum.
+    assert!(g.iter().all(|&v| (v - 5.0).abs() < 1e-5), "{g:?}");
+    Ok(())
+}
+
+#[test]
+fn attend_gradient_and_shape_errors() -> Result<()> {
+    let x = pseudo_random(&[2, 3, 4, 5], 1)?;
+    let mc = pseudo_random(&[2, 3, 1, 1], 2)?;
+    let ms = pseudo_random(&[2, 1, 4, 5], 3)?;
+    check_gradients(
+        |t| attend(&t[0], &t[1], &t[2]),
+        &[x.clone(), mc.clone(), ms.clone()],
+    )?;
+    assert!(
+        attend(&x, &ms, &mc)
+            .unwrap_err()
+            .to_string()
+            .contains("expected mc")
+    );
+    Ok(())
+}
+
+#[test]
+fn ops_match_pytorch_fixtures() -> Result<()> {
+    check_fixture("up2", |x, _| up2(x))?;
+    check_fixture("maxpool", |x, _| max_pool2d(x, 3, 2, 1))?;
+    check_fixture("conv_g", |x, w| {
+        conv2d(x, w.unwrap(), Conv2dConfig::square(1, 1, 1, 4))
+    })?;
+    check_fixture("conv_gs", |x, w| {
+        conv2d(x, w.unwrap(), Conv2dConfig::square(2, 1, 1, 4))
+    })?;
+    check_fixture("conv_d5", |x, w| {
+        conv2d(x, w.unwrap(), Conv2dConfig::square(1, 5, 5, 1))
+    })?;
+    Ok(())
+}
