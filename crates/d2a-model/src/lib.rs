@@ -10,7 +10,13 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod encoders;
+mod error;
+pub mod nn;
 pub mod ops;
+
+pub use error::{Error, Result};
 
 #[cfg(test)]
 mod test_support;

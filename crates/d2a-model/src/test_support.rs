@@ -22,13 +22,17 @@ pub(crate) fn pseudo_random(dims: &[usize], seed: u64) -> Result<Tensor> {
     Tensor::from_vec(values, dims, &Device::Cpu)
 }
 
-/// The tensors of `shared/fixtures/NAME`, or `None` (with a message) where `shared/` is absent.
-pub(crate) fn fixture(name: &str) -> Result<Option<HashMap<String, Tensor>>> {
-    let dir = match std::env::var_os("D2A_SHARED_FIXTURES") {
+/// `shared/fixtures` beside the repository, or `$D2A_SHARED_FIXTURES`.
+pub(crate) fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("D2A_SHARED_FIXTURES") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    };
-    let path = dir.join(name);
+    }
+}
+
+/// The tensors of `shared/fixtures/NAME`, or `None` (with a message) where `shared/` is absent.
+pub(crate) fn fixture(name: &str) -> Result<Option<HashMap<String, Tensor>>> {
+    let path = fixtures_dir().join(name);
     if !path.is_file() {
         eprintln!(
             "skipping: fixture {} not found (set D2A_SHARED_FIXTURES)",

@@ -1,0 +1,168 @@
+//! Loading and saving weights with an account of every key.
+//!
+//! A model is built over a [`VarMap`] (fresh weights), then [`load`] copies a checkpoint's
+//! tensors into it by name and reports what did not fit: keys the model wants that the file lacks,
+//! keys the file has that the model does not use, and shape mismatches. PyTorch `.pth` files
+//! (torchvision `state_dict`s) and safetensors are both read.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+use crate::{Error, Result};
+
+/// What a load did, key by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Keys copied into the model.
+    pub loaded: usize,
+    /// Model keys the file lacks (they keep their fresh values).
+    pub missing: Vec<String>,
+    /// File keys the model does not use, other than those the caller said to ignore.
+    pub unexpected: Vec<String>,
+    /// `(key, model shape, file shape)` for keys present in both with different shapes.
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl LoadReport {
+    /// Whether every model key was loaded and every file key used.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} loaded", self.loaded)?;
+        let list = |keys: &[String]| {
+            let shown: Vec<&str> = keys.iter().take(8).map(String::as_str).collect();
+            let more = keys.len().saturating_sub(8);
+            if more > 0 {
+                format!("{} and {more} more", shown.join(", "))
+            } else {
+                shown.join(", ")
+            }
+        };
+        if !self.missing.is_empty() {
+            write!(
+                f,
+                "; {} missing: {}",
+                self.missing.len(),
+                list(&self.missing)
+            )?;
+        }
+        if !self.unexpected.is_empty() {
+            write!(
+                f,
+                "; {} unexpected: {}",
+                self.unexpected.len(),
+                list(&self.unexpected)
+            )?;
+        }
+        for (key, model, file) in self.mismatched.iter().take(8) {
+            write!(f, "; {key}: model {model:?} vs file {file:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every tensor of a `.safetensors` or PyTorch (`.pth`, `.pt`, `.bin`) file, by name.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let wrap = |source| Error::ReadCheckpoint {
+        path: path.to_path_buf(),
+        source,
+    };
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    if is_safetensors {
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(wrap)
+    } else {
+        Ok(candle_core::pickle::read_all(path)
+            .map_err(wrap)?
+            .into_iter()
+            .collect())
+    }
+}
+
+/// Copies the tensors of `path` into `varmap`.
+///
+/// A file key `k` is looked up in the model as `prefix + k` (e.g. prefix `"encoder."` to load
+/// an ImageNet backbone into the D2A U-Net). File keys starting with any of `ignore` (e.g.
+/// `"fc."`) and BatchNorm's `num_batches_tracked` counters are skipped silently. Model keys
+/// outside `prefix` are not reported missing. Shape mismatches are reported and not copied.
+pub fn load(varmap: &VarMap, path: &Path, prefix: &str, ignore: &[&str]) -> Result<LoadReport> {
+    let file = read_tensors(path)?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("the model's VarMap lock is poisoned".into()))?;
+    let mut report = LoadReport::default();
+    let mut used = std::collections::HashSet::new();
+    let mut model_keys: Vec<&String> = vars.keys().filter(|k| k.starts_with(prefix)).collect();
+    model_keys.sort();
+    for key in model_keys {
+        let var = &vars[key];
+        let file_key = &key[prefix.len()..];
+        let Some(t) = file.get(file_key) else {
+            report.missing.push(key.clone());
+            continue;
+        };
+        used.insert(file_key.to_string());
+        if t.dims() != var.dims() {
+            report
+                .mismatched
+                .push((key.clone(), var.dims().to_vec(), t.dims().to_vec()));
+            continue;
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        report.loaded += 1;
+    }
+    let mut unexpected: Vec<String> = file
+        .keys()
+        .filter(|k| {
+            !used.contains(*k)
+                && !k.ends_with("num_batches_tracked")
+                && !ignore.iter().any(|p| k.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    unexpected.sort();
+    report.unexpected = unexpected;
+    Ok(report)
+}
+
+/// Loads `path` and fails unless every model key under `prefix` was loaded with its shape
+/// (unexpected keys are allowed only where `ignore` covers them).
+pub fn load_exact(
+    varmap: &VarMap,
+    path: &Path,
+    prefix: &str,
+    ignore: &[&str],
+) -> Result<LoadReport> {
+    let report = load(varmap, path, prefix, ignore)?;
+    if report.is_exact() {
+        Ok(report)
+    } else {
+        Err(Error::CheckpointMismatch {
+            path: path.to_path_buf(),
+            report: Box::new(report),
+        })
+    }
+}
+
+/// Saves every variable of `varmap` (weights and BatchNorm statistics) as safetensors, through a
+/// temporary file so that an interrupted save never leaves a truncated checkpoint.
+pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.partial");
+    varmap.save(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot move {} to {}: {e}",
+            tmp.display(),
+            path.display()
+        ))
+    })?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! ResNeXt and ResNet encoders with torchvision's `state_dict` names (SPEC §2.1).
+//!
+//! The features are `e0 = relu(bn1(conv1(x)))` (stride 2, 64 channels) and the outputs of
+//! `layer1` (after the 3x3/2 max-pool) to `layer4` (strides 4 to 32, 256 to 2048 channels). The
+//! bottleneck puts its stride on the 3x3 grouped conv (torchvision's "ResNet v1.5").
+
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::ConvBn;
+use crate::ops::{Conv2dConfig, max_pool2d};
+
+/// Depth and width of a ResNeXt (or, with one group, a ResNet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResNeXtConfig {
+    /// Bottleneck blocks in `layer1..layer4`.
+    pub layers: [usize; 4],
+    /// Groups of the 3x3 convolutions.
+    pub groups: usize,
+    /// Channels per group at `layer1` (torchvision's `width_per_group`).
+    pub width_per_group: usize,
+}
+
+impl ResNeXtConfig {
+    /// ResNeXt-50 (32x4d), the paper's encoder.
+    pub const fn resnext50_32x4d() -> Self {
+        Self {
+            layers: [3, 4, 6, 3],
+            groups: 32,
+            width_per_group: 4,
+        }
+    }
+
+    /// ResNet-101, the FCN8s and DeepLab v3 backbone.
+    pub const fn resnet101() -> Self {
+        Self {
+            layers: [3, 4, 23, 3],
+            groups: 1,
+            width_per_group: 64,
+        }
+    }
+
+    /// The fixture's tiny ResNeXt: one block per stage, 8 groups of width 4.
+    pub const fn tiny() -> Self {
+        Self {
+            layers: [1, 1, 1, 1],
+            groups: 8,
+            width_per_group: 4,
+        }
+    }
+
+    /// Channels of `e0..e4`.
+    pub const fn channels(&self) -> [usize; 5] {
+        [64, 256, 512, 1024, 2048]
+    }
+}
+
+/// One bottleneck: 1x1 reduce, 3x3 grouped (strided), 1x1 expand (x4), plus shortcut.
+#[derive(Debug, Clone)]
+struct Bottleneck {
+    reduce: ConvBn,
+    grouped: ConvBn,
+    expand: ConvBn,
+    downsample: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    fn new(
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        cfg: &ResNeXtConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let width = planes * cfg.width_per_group / 64 * cfg.groups;
+        let c_out = planes * 4;
+        let one = Conv2dConfig::plain();
+        let reduce = ConvBn::new((c_in, width, 1), one, true, vb.pp("conv1"), vb.pp("bn1"))?;
+        let grouped_cfg = Conv2dConfig::square(stride, 1, 1, cfg.groups);
+        let grouped = ConvBn::new(
+            (width, width, 3),
+            grouped_cfg,
+            true,
+            vb.pp("conv2"),
+            vb.pp("bn2"),
+        )?;
+        let expand = ConvBn::new((width, c_out, 1), one, false, vb.pp("conv3"), vb.pp("bn3"))?;
+        let downsample = if stride != 1 || c_in != c_out {
+            let ds_cfg = Conv2dConfig::square(stride, 0, 1, 1);
+            Some(ConvBn::new(
+                (c_in, c_out, 1),
+                ds_cfg,
+                false,
+                vb.pp("downsample.0"),
+                vb.pp("downsample.1"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            reduce,
+            grouped,
+            expand,
+            downsample,
+        })
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.expand.forward_t(
+            &self
+                .grouped
+                .forward_t(&self.reduce.forward_t(x, train)?, train)?,
+            train,
+        )?;
+        let shortcut = match &self.downsample {
+            Some(ds) => ds.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+/// A ResNeXt/ResNet without its pooling and classifier.
+#[derive(Debug, Clone)]
+pub struct ResNeXt {
+    stem: ConvBn,
+    layers: Vec<Vec<Bottleneck>>,
+}
+
+impl ResNeXt {
+    /// Builds the encoder; weights at torchvision's names under `vb` (`conv1.weight`,
+    /// `layer2.0.downsample.1.running_var`, ...).
+    pub fn new(cfg: &ResNeXtConfig, vb: VarBuilder) -> Result<Self> {
+        let stem = ConvBn::new(
+            (3, 64, 7),
+            Conv2dConfig::square(2, 3, 1, 1),
+            true,
+            vb.pp("conv1"),
+            vb.pp("bn1"),
+        )?;
+        let mut c_in = 64;
+        let mut layers = Vec::with_capacity(4);
+        for (i, &n_blocks) in cfg.layers.iter().enumerate() {
+            let planes = 64 << i;
+            let vb_layer = vb.pp(format!("layer{}", i + 1));
+            let mut blocks = Vec::with_capacity(n_blocks);
+            for j in 0..n_blocks {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                blocks.push(Bottleneck::new(c_in, planes, stride, cfg, vb_layer.pp(j))?);
+                c_in = planes * 4;
+            }
+            layers.push(blocks);
+        }
+        Ok(Self { stem, layers })
+    }
+
+    /// The five features `e0..e4`.
+    ///
+    /// # Shapes
+    /// `[B, 3, H, W] -> [B, 64, H/2, W/2], [B, 256, H/4, W/4], ..., [B, 2048, H/32, W/32]`
+    /// (sizes rounded as the strided convolutions round them).
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let e0 = self.stem.forward_t(x, train)?;
+        let mut feats = vec![e0.clone()];
+        let mut h = max_pool2d(&e0, 3, 2, 1)?;
+        for blocks in &self.layers {
+            for block in blocks {
+                h = block.forward_t(&h, train)?;
+            }
+            feats.push(h.clone());
+        }
+        Ok(feats)
+    }
+}

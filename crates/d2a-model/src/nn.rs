@@ -1,0 +1,120 @@
+//! Layers built on [`crate::ops`]: convolution with optional bias, conv + BatchNorm (+ ReLU).
+//!
+//! Parameter names follow PyTorch (`weight`, `bias`, `running_mean`, `running_var`) so that
+//! `state_dict` checkpoints load without renaming.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+
+use crate::ops::{Conv2dConfig, conv2d};
+
+/// A 2-D convolution layer on [`conv2d`], square kernel.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// A `k x k` convolution `c_in -> c_out`; weights drawn as PyTorch does (Kaiming uniform with
+    /// `a = sqrt(5)`, so `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, and the same for the bias).
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        cfg: Conv2dConfig,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let fan_in = (c_in / cfg.groups.max(1) * k * k).max(1);
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let weight = vb.get_with_hints((c_out, c_in / cfg.groups.max(1), k, k), "weight", init)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(c_out, "bias", init)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias, cfg })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.cfg)?;
+        match &self.bias {
+            // [O] -> [1, O, 1, 1]
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1, affine, running statistics).
+pub fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    candle_nn::batch_norm(
+        c,
+        BatchNormConfig {
+            eps: 1e-5,
+            remove_mean: true,
+            affine: true,
+            momentum: 0.1,
+        },
+        vb,
+    )
+}
+
+/// Convolution without bias, then BatchNorm, then ReLU if `relu`: the repeated unit of every
+/// encoder and decoder. Weights under `{conv}` and `{bn}` names given by the caller.
+#[derive(Debug, Clone)]
+pub struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+    relu: bool,
+}
+
+impl ConvBn {
+    /// A `k x k` conv `c_in -> c_out` with `cfg`, weights at `vb_conv`, BN at `vb_bn`.
+    pub fn new(
+        (c_in, c_out, k): (usize, usize, usize),
+        cfg: Conv2dConfig,
+        relu: bool,
+        vb_conv: VarBuilder,
+        vb_bn: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(c_in, c_out, k, cfg, false, vb_conv)?,
+            bn: batch_norm(c_out, vb_bn)?,
+            relu,
+        })
+    }
+
+    /// The common case: "same"-padded `k x k` conv, BN, ReLU, with weights at `vb/conv` and `vb/bn`.
+    pub fn same(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        dilation: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig::square(1, dilation * (k / 2), dilation, 1);
+        Self::new((c_in, c_out, k), cfg, true, vb.pp("conv"), vb.pp("bn"))
+    }
+
+    /// The same unit without the final ReLU.
+    pub fn without_relu(mut self) -> Self {
+        self.relu = false;
+        self
+    }
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
+        if self.relu { y.relu() } else { Ok(y) }
+    }
+}
