@@ -10,13 +10,22 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod checkpoint;
+pub mod cost;
+mod d2a_unet;
 pub mod encoders;
 mod error;
+pub mod init;
 pub mod nn;
 pub mod ops;
+pub mod rab;
 
+pub use d2a_unet::{Config, D2AUNet, Encoder};
 pub use error::{Error, Result};
 
 #[cfg(test)]
 mod test_support;
+
+#[cfg(test)]
+mod model_tests;

@@ -6,6 +6,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
+use crate::cost::{Cost, Shape4};
 use crate::ops::{Conv2dConfig, conv2d};
 
 /// A 2-D convolution layer on [`conv2d`], square kernel.
@@ -14,6 +15,27 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     cfg: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// Records this layer's parameters and MACs for an input of shape `x`; returns the output shape.
+    pub fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Shape4 {
+        let (c_out, c_in_g, kh, kw) = self.weight.dims4().unwrap_or((0, 0, 0, 0));
+        let out = |n: usize, p: usize, d: usize, k: usize, s: usize| {
+            (n + 2 * p).saturating_sub(d * (k - 1) + 1) / s + 1
+        };
+        let cfg = self.cfg;
+        let y = Shape4 {
+            b: x.b,
+            c: c_out,
+            h: out(x.h, cfg.padding.0, cfg.dilation.0, kh, cfg.stride.0),
+            w: out(x.w, cfg.padding.1, cfg.dilation.1, kw, cfg.stride.1),
+        };
+        let weights = c_out * c_in_g * kh * kw;
+        let params = weights + if self.bias.is_some() { c_out } else { 0 };
+        cost.add(name, params as u64, (y.b * y.h * y.w * weights) as u64);
+        y
+    }
 }
 
 impl Conv2d {
@@ -109,6 +131,15 @@ impl ConvBn {
     pub fn without_relu(mut self) -> Self {
         self.relu = false;
         self
+    }
+}
+
+impl ConvBn {
+    /// Records the conv and the BatchNorm under `name`; returns the output shape.
+    pub fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Shape4 {
+        let y = self.conv.cost(cost, &format!("{name}.conv"), x);
+        cost.batch_norm(&format!("{name}.bn"), y.c);
+        y
     }
 }
 

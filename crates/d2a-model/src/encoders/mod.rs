@@ -5,7 +5,7 @@ mod resnext;
 mod vgg;
 
 pub use resnext::{ResNeXt, ResNeXtConfig};
-pub use vgg::{Vgg, VggConfig};
+pub use vgg::{DoubleConv, Vgg, VggConfig};
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cost::{Cost, Shape4};
 use crate::nn::ConvBn;
 use crate::ops::{Conv2dConfig, max_pool2d};
 
@@ -106,6 +107,18 @@ impl Bottleneck {
     }
 }
 
+impl Bottleneck {
+    fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Shape4 {
+        let y = self.reduce.cost(cost, &format!("{name}.conv1"), x);
+        let y = self.grouped.cost(cost, &format!("{name}.conv2"), y);
+        let y = self.expand.cost(cost, &format!("{name}.conv3"), y);
+        if let Some(ds) = &self.downsample {
+            ds.cost(cost, &format!("{name}.downsample"), x);
+        }
+        y
+    }
+}
+
 impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.expand.forward_t(
@@ -154,6 +167,25 @@ impl ResNeXt {
             layers.push(blocks);
         }
         Ok(Self { stem, layers })
+    }
+
+    /// Adds every layer's cost for an input of shape `x`; returns the shapes of `e0..e4`.
+    pub fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Vec<Shape4> {
+        let e0 = self.stem.cost(cost, &format!("{name}.conv1"), x);
+        let mut feats = vec![e0];
+        // The 3x3/2 max-pool with padding 1.
+        let mut h = Shape4 {
+            h: (e0.h - 1) / 2 + 1,
+            w: (e0.w - 1) / 2 + 1,
+            ..e0
+        };
+        for (i, blocks) in self.layers.iter().enumerate() {
+            for (j, block) in blocks.iter().enumerate() {
+                h = block.cost(cost, &format!("{name}.layer{}.{j}", i + 1), h);
+            }
+            feats.push(h);
+        }
+        feats
     }
 
     /// The five features `e0..e4`.

@@ -4,6 +4,7 @@
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cost::{Cost, Shape4};
 use crate::nn::ConvBn;
 use crate::ops::max_pool2d;
 
@@ -41,6 +42,14 @@ impl DoubleConv {
     }
 }
 
+impl DoubleConv {
+    /// Adds both units' costs for an input of shape `x`; returns the output shape.
+    pub fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Shape4 {
+        let y = self.first.cost(cost, &format!("{name}.0"), x);
+        self.second.cost(cost, &format!("{name}.1"), y)
+    }
+}
+
 impl ModuleT for DoubleConv {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.second
@@ -64,6 +73,24 @@ impl Vgg {
             c_in = c;
         }
         Ok(Self { stages })
+    }
+
+    /// Adds every layer's cost for an input of shape `x`; returns the five feature shapes.
+    pub fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Vec<Shape4> {
+        let mut feats: Vec<Shape4> = Vec::with_capacity(5);
+        for (i, stage) in self.stages.iter().enumerate() {
+            let input = if i == 0 {
+                x
+            } else {
+                Shape4 {
+                    h: feats[i - 1].h / 2,
+                    w: feats[i - 1].w / 2,
+                    ..feats[i - 1]
+                }
+            };
+            feats.push(stage.cost(cost, &format!("{name}.stages.{i}"), input));
+        }
+        feats
     }
 
     /// The five features, strides 1, 2, 4, 8, 16.
