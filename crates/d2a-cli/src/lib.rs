@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Score predicted masks against ground-truth masks with the paper's metrics.
     EvalMasks(commands::eval_masks::Args),
+    /// Parameter and multiply-add counts of a model.
+    Info(commands::info::Args),
     /// Train a model (with no arguments: a small model on synthetic phantoms).
     Train(commands::train::Args),
 }
@@ -34,6 +36,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::EvalMasks(args) => args.run(),
+        Command::Info(args) => args.run(),
         Command::Train(args) => args.run(),
     }
 }

@@ -110,3 +110,32 @@ fn train_says_what_exists_today() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not built yet"));
 }
+
+#[test]
+fn info_prints_the_spec_counts() {
+    for (model, params, macs_g) in [
+        ("d2a-vgg-tiny", 2_414_439u64, 20.6),
+        ("d2a-vgg", 38_486_817, 313.3),
+        ("d2a-resnext50", 100_834_833, 227.2),
+    ] {
+        let out = d2a(&["info", "--model", model, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["model"], model);
+        assert_eq!(v["params"], params);
+        assert!(
+            (v["macs"].as_f64().unwrap() / 1e9 - macs_g).abs() < 0.05,
+            "{v}"
+        );
+        assert_eq!(v["input"], serde_json::json!([1, 1, 512, 512]));
+    }
+    let out = d2a(&["info", "--model", "d2a-vgg-tiny", "--size", "100"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 16"));
+    let out = d2a(&["info", "--model", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("d2a-resnext50"));
+}

@@ -1,4 +1,5 @@
 //! One module per `d2a` subcommand, each an `Args` struct with a `run` method.
 
 pub mod eval_masks;
+pub mod info;
 pub mod train;
