@@ -16,14 +16,24 @@ fn blobs() -> anyhow::Result<(Tensor, Tensor)> {
     let (n, size) = (4usize, 64usize);
     let mut state = 12345u64;
     let mut next = move || {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (state >> 33) as f32 / (1u64 << 31) as f32
     };
     let mut image = vec![0f32; n * size * size];
     let mut mask = vec![0f32; n * size * size];
     for s in 0..n {
-        let discs: Vec<(f32, f32, f32, f32)> =
-            (0..1 + s % 2).map(|_| (12.0 + 40.0 * next(), 12.0 + 40.0 * next(), 5.0 + 7.0 * next(), 0.7 + 0.3 * next())).collect();
+        let discs: Vec<(f32, f32, f32, f32)> = (0..1 + s % 2)
+            .map(|_| {
+                (
+                    12.0 + 40.0 * next(),
+                    12.0 + 40.0 * next(),
+                    5.0 + 7.0 * next(),
+                    0.7 + 0.3 * next(),
+                )
+            })
+            .collect();
         for y in 0..size {
             for x in 0..size {
                 let i = s * size * size + y * size + x;
@@ -38,15 +48,25 @@ fn blobs() -> anyhow::Result<(Tensor, Tensor)> {
         }
     }
     let dims = (n, 1, size, size);
-    Ok((Tensor::from_vec(image, dims, &Device::Cpu)?, Tensor::from_vec(mask, dims, &Device::Cpu)?))
+    Ok((
+        Tensor::from_vec(image, dims, &Device::Cpu)?,
+        Tensor::from_vec(mask, dims, &Device::Cpu)?,
+    ))
 }
 
 #[test]
 fn tiny_model_overfits_four_synthetic_slices() -> anyhow::Result<()> {
     let (x, y) = blobs()?;
     let varmap = VarMap::new();
-    let model = D2AUNet::new(&Config::tiny(), seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
-    let params = ParamsAdamW { lr: 3e-3, weight_decay: 0.0, ..Default::default() };
+    let model = D2AUNet::new(
+        &Config::tiny(),
+        seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
+    )?;
+    let params = ParamsAdamW {
+        lr: 3e-3,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
     let start = Instant::now();
     let mut dice = 0.0;
@@ -55,8 +75,14 @@ fn tiny_model_overfits_four_synthetic_slices() -> anyhow::Result<()> {
         opt.backward_step(&loss)?;
         if step % 25 == 0 {
             let logits = model.forward_t(&x, false)?;
-            dice = Summary::from_confusions(&confusions_from_tensors(&logits, &y, 0.0)?)?.per_slice_mean.dice;
-            eprintln!("step {step}: loss {:.4}, eval Dice {dice:.4}, {:.1} s", loss.to_scalar::<f32>()?, start.elapsed().as_secs_f64());
+            dice = Summary::from_confusions(&confusions_from_tensors(&logits, &y, 0.0)?)?
+                .per_slice_mean
+                .dice;
+            eprintln!(
+                "step {step}: loss {:.4}, eval Dice {dice:.4}, {:.1} s",
+                loss.to_scalar::<f32>()?,
+                start.elapsed().as_secs_f64()
+            );
             if dice > 0.9 {
                 return Ok(());
             }

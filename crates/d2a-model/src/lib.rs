@@ -1,12 +1,36 @@
-//! The D2A U-Net (SPEC §2) and its baselines on candle.
+//! The D2A U-Net (Zhao et al. 2021; SPEC §2) on candle, with the ops it needs.
 //!
-//! This crate will hold the models (`d2a_unet`, `unet`, `attention_unet`, ...), their shared
-//! blocks (GAM and DAM attention, the residual attention block, the ResNeXt and VGG-style
-//! encoders) and the ops whose candle versions are wrong or slow (bilinear upsampling, max
-//! pooling, grouped and dilated convolution), each with a correct backward. It lands with the
-//! d2a-model issue.
+//! - [`D2AUNet`] with [`Config`] presets `paper_resnext50`, `paper_vgg` and `tiny`, and the
+//!   ablation switches of the paper's Table 3;
+//! - its blocks: [`encoders`] (ResNeXt/ResNet with torchvision names, VGG-style),
+//!   [`attention`] (GAM, DAM), [`rab`] (residual attention block);
+//! - [`ops`]: convolution, max-pool, bilinear ×2 and attention apply with correct gradients
+//!   (candle 0.11's versions are wrong or missing);
+//! - [`checkpoint`] (load with a key-by-key report, atomic save), [`cost`] (parameters and
+//!   MACs per layer), [`init`] (seeded initialisation).
 //!
 //! The crate stands alone: it depends on no other d2a crate.
+//!
+//! # Using the model in your program
+//!
+//! Add `d2a-model` (and `candle-core`, `candle-nn`) to your `Cargo.toml`, then:
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::VarMap;
+//! use d2a_model::{Config, D2AUNet, init::seeded_var_builder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let varmap = VarMap::new();
+//! let model = D2AUNet::new(&Config::tiny(), seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
+//! // For trained weights: d2a_model::checkpoint::load_exact(&varmap, path, "", &[])?;
+//! let ct = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu)?; // [B, 1, H, W] in [0, 1]
+//! let logits = model.forward_t(&ct, false)?; // [B, 1, H, W]
+//! let mask = logits.ge(0.0)?; // lesion where the probability is >= 0.5
+//! assert_eq!(mask.dims(), [1, 1, 64, 64]);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 

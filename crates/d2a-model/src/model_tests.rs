@@ -202,3 +202,32 @@ fn saved_model_reloads_with_every_key_used() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn imagenet_encoder_loads_under_the_encoder_prefix() -> Result<()> {
+    let path = crate::test_support::fixtures_dir().join("resnext_tiny.safetensors");
+    if !path.is_file() {
+        eprintln!("skipping: {} not found", path.display());
+        return Ok(());
+    }
+    let cfg = Config {
+        encoder: crate::Encoder::ResNeXt(crate::encoders::ResNeXtConfig::tiny()),
+        ..Config::paper_resnext50()
+    };
+    let (varmap, _) = build(&cfg)?;
+    let report = crate::checkpoint::load_exact(&varmap, &path, "encoder.", &["fc."])
+        .map_err(candle_core::Error::wrap)?;
+    let n_encoder = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("encoder."))
+        .count();
+    assert_eq!(report.loaded, n_encoder);
+    // Without ignoring the classifier, its two tensors are reported as unexpected.
+    let report = crate::checkpoint::load(&varmap, &path, "encoder.", &[])
+        .map_err(candle_core::Error::wrap)?;
+    assert_eq!(report.unexpected, ["fc.bias", "fc.weight"]);
+    Ok(())
+}

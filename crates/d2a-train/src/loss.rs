@@ -37,7 +37,8 @@ mod tests {
     use super::*;
 
     fn fixture() -> Option<std::collections::HashMap<String, Tensor>> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ops_io.safetensors");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/ops_io.safetensors");
         if !path.is_file() {
             eprintln!("skipping: {} not found", path.display());
             return None;
@@ -53,7 +54,11 @@ mod tests {
         let want = fx["bce.y"].flatten_all()?.to_vec1::<f32>()?[0];
         assert!((y.to_scalar::<f32>()? - want).abs() < 1e-5);
         let g = y.backward()?.get(&x).unwrap().clone();
-        let diff = (g - &fx["bce.gx"])?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = (g - &fx["bce.gx"])?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-6, "gradient differs from PyTorch by {diff}");
         Ok(())
     }
@@ -69,7 +74,11 @@ mod tests {
         let x = Tensor::new(&[-3f64, -0.3, 0.0, 0.7, 2.5], &dev)?;
         let t = Tensor::new(&[0f64, 1.0, 1.0, 0.0, 1.0], &dev)?;
         let var = Var::from_tensor(&x)?;
-        let g = dice_bce(var.as_tensor(), &t, 1.0)?.backward()?.get(&var).unwrap().to_vec1::<f64>()?;
+        let g = dice_bce(var.as_tensor(), &t, 1.0)?
+            .backward()?
+            .get(&var)
+            .unwrap()
+            .to_vec1::<f64>()?;
         let base = x.to_vec1::<f64>()?;
         for i in 0..base.len() {
             let at = |d: f64| -> Result<f64> {
@@ -78,7 +87,11 @@ mod tests {
                 dice_bce(&Tensor::new(v, &dev)?, &t, 1.0)?.to_scalar::<f64>()
             };
             let numeric = (at(1e-6)? - at(-1e-6)?) / 2e-6;
-            assert!((numeric - g[i]).abs() < 1e-7, "element {i}: {} vs {numeric}", g[i]);
+            assert!(
+                (numeric - g[i]).abs() < 1e-7,
+                "element {i}: {} vs {numeric}",
+                g[i]
+            );
         }
         Ok(())
     }
@@ -94,7 +107,10 @@ mod tests {
         // Empty truth, empty prediction: loss 0 thanks to ε. Logits 0 (p = 1/2) on empty truth:
         // 1 − 1 / (4 · 1/2 + 1).
         let empty = y.zeros_like()?;
-        assert_eq!(soft_dice_loss(&(x.ones_like()? * -100.0)?, &empty)?.to_scalar::<f64>()?, 0.0);
+        assert_eq!(
+            soft_dice_loss(&(x.ones_like()? * -100.0)?, &empty)?.to_scalar::<f64>()?,
+            0.0
+        );
         let d = soft_dice_loss(&x.zeros_like()?, &empty)?.to_scalar::<f64>()?;
         assert!((d - 2.0 / 3.0).abs() < 1e-12, "{d}");
         Ok(())

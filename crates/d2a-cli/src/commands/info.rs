@@ -47,7 +47,7 @@ impl Args {
             )
         };
         let m = cfg.size_multiple();
-        if self.size == 0 || self.size % m != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(m) {
             bail!(
                 "--size must be a positive multiple of {m} for {}, got {}",
                 self.model,
