@@ -58,6 +58,47 @@ pub enum Error {
         /// Its size.
         right_size: (u32, u32),
     },
+    /// A NIfTI file could not be read or has an unsupported layout.
+    #[error("cannot read NIfTI {path}: {reason}")]
+    Nifti {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An image and its mask have different shapes.
+    #[error("image {image} has shape {image_dims:?} but mask {mask} has shape {mask_dims:?}")]
+    MaskShape {
+        /// The image file.
+        image: PathBuf,
+        /// Its shape.
+        image_dims: Vec<usize>,
+        /// The mask file.
+        mask: PathBuf,
+        /// Its shape.
+        mask_dims: Vec<usize>,
+    },
+    /// A NaN or infinite voxel.
+    #[error("{path}: slice {slice_idx} holds a NaN or infinite value (pixel {index})")]
+    NonFinite {
+        /// The file at fault.
+        path: PathBuf,
+        /// The slice.
+        slice_idx: usize,
+        /// Flat index of the first bad pixel in the slice.
+        index: usize,
+    },
+    /// A prepared dataset that cannot be used (wrong version, missing or corrupt shard).
+    #[error("prepared dataset {path}: {reason}")]
+    Prepared {
+        /// The folder or file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bad options (sizes, counts) given by the caller.
+    #[error("{0}")]
+    Invalid(String),
     /// A threshold outside `[0, 1]`.
     #[error("threshold must be in [0, 1], got {0}")]
     BadThreshold(f64),

@@ -10,6 +10,10 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod readers;
+pub mod slice;
 pub mod slice_files;
 
 pub use error::{Error, Result, UnpairedFiles};
+pub use readers::{ReadOptions, ReadResult, read_source};
+pub use slice::{Intensity, Provenance, Slice};

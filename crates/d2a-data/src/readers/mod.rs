@@ -1,0 +1,338 @@
+//! Readers: NIfTI volumes (`.nii`, `.nii.gz`) with their mask volumes, and folders of 2-D slices
+//! with their masks, all turned into [`Slice`]s (SPEC §3).
+//!
+//! [`read_source`] accepts what `d2a prepare` accepts: an image file and a mask file, two folders
+//! of NIfTI volumes paired by file name, or two folders of 2-D images paired by stem.
+
+use std::path::{Path, PathBuf};
+
+use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::slice::{Intensity, Provenance, Slice, check_finite};
+use crate::slice_files::{GrayMap, pair_by_stem};
+use crate::{Error, Result};
+
+/// What to do while reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// How raw values become [0, 1].
+    pub intensity: Intensity,
+    /// Square side every slice is resized to.
+    pub size: usize,
+    /// Keep slices without lesion (the paper drops them).
+    pub keep_empty: bool,
+}
+
+impl ReadOptions {
+    /// The paper's choices: automatic intensity rule, 512x512, lesion slices only.
+    pub const fn paper() -> Self {
+        Self {
+            intensity: Intensity::Auto,
+            size: 512,
+            keep_empty: false,
+        }
+    }
+}
+
+/// What a read produced.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// Volumes read (each 2-D file of a slice folder counts once towards its volume id).
+    pub n_volumes: usize,
+    /// Slices seen, before dropping those without lesion.
+    pub n_slices_total: usize,
+    /// The kept slices, resized.
+    pub slices: Vec<Slice>,
+    /// Every source file read, with its size in bytes.
+    pub sources: Vec<(PathBuf, u64)>,
+}
+
+/// Whether `path` names a NIfTI file.
+pub fn is_nifti(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
+/// A NIfTI file's name without `.nii` / `.nii.gz`: its volume id.
+pub fn nifti_stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lower = name.to_ascii_lowercase();
+    let cut = if lower.ends_with(".nii.gz") {
+        7
+    } else if lower.ends_with(".nii") {
+        4
+    } else {
+        0
+    };
+    name[..name.len() - cut].to_string()
+}
+
+/// Reads images and masks from files or folders; see the module docs.
+pub fn read_source(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<ReadResult> {
+    if opts.size == 0 {
+        return Err(Error::Invalid("the slice size must be positive".into()));
+    }
+    if images.is_file() {
+        let vol = read_nifti_pair(images, masks, opts)?;
+        return Ok(ReadResult {
+            n_volumes: 1,
+            ..vol
+        });
+    }
+    let nifti_files = list_nifti(images)?;
+    if nifti_files.is_empty() {
+        return read_slice_folders(images, masks, opts);
+    }
+    let mask_files = list_nifti(masks)?;
+    let mut only_images = Vec::new();
+    let mut pairs = Vec::new();
+    for img in &nifti_files {
+        match mask_files.iter().find(|m| nifti_stem(m) == nifti_stem(img)) {
+            Some(m) => pairs.push((img.clone(), m.clone())),
+            None => only_images.push(file_name(img)),
+        }
+    }
+    let only_masks: Vec<String> = mask_files
+        .iter()
+        .filter(|m| !nifti_files.iter().any(|i| nifti_stem(i) == nifti_stem(m)))
+        .map(|m| file_name(m))
+        .collect();
+    if !only_images.is_empty() || !only_masks.is_empty() {
+        return Err(Error::Unpaired(Box::new(crate::UnpairedFiles {
+            left_role: "image".into(),
+            left_dir: images.to_path_buf(),
+            only_left: only_images,
+            right_role: "mask".into(),
+            right_dir: masks.to_path_buf(),
+            only_right: only_masks,
+        })));
+    }
+    let mut out = ReadResult::default();
+    for (img, mask) in pairs {
+        let vol = read_nifti_pair(&img, &mask, opts)?;
+        out.n_volumes += 1;
+        out.n_slices_total += vol.n_slices_total;
+        out.slices.extend(vol.slices);
+        out.sources.extend(vol.sources);
+    }
+    Ok(out)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn list_nifti(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io_err = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.is_dir() {
+        std::fs::metadata(dir).map_err(io_err)?;
+        return Err(Error::NotAFolder {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        if path.is_file() && is_nifti(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Display full scale of non-HU volumes: 0–255 data is divided by 255 (SPEC §3).
+const DISPLAY_FULL_SCALE: f32 = 255.0;
+
+/// A NIfTI volume as `(dims [x, y, z], values with x varying fastest)`, scaling applied.
+fn read_volume(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let err = |reason: String| Error::Nifti {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| err(e.to_string()))?;
+    let array = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| err(e.to_string()))?;
+    let dims = array.shape().to_vec();
+    if dims.len() > 3 && dims[3..].iter().any(|&d| d > 1) {
+        return Err(err(format!(
+            "a {}-D volume of shape {dims:?}; expected 2-D or 3-D",
+            dims.len()
+        )));
+    }
+    let (x, y) = (dims[0], dims.get(1).copied().unwrap_or(1));
+    let z = dims.get(2).copied().unwrap_or(1);
+    // Fortran order: x varies fastest, as the file stores it.
+    let values: Vec<f32> = array.t().iter().copied().collect();
+    Ok((vec![x, y, z], values))
+}
+
+/// Reads one image volume and its mask volume: slices along z, transposed to display
+/// orientation (row = y, column = x), every non-zero label merged into lesion.
+pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<ReadResult> {
+    let (dims, values) = read_volume(image)?;
+    let (mask_dims, labels) = read_volume(mask)?;
+    let full_scale = DISPLAY_FULL_SCALE;
+    if dims != mask_dims {
+        return Err(Error::MaskShape {
+            image: image.to_path_buf(),
+            image_dims: dims,
+            mask: mask.to_path_buf(),
+            mask_dims,
+        });
+    }
+    let (x, y, z) = (dims[0], dims[1], dims[2]);
+    let plane = x * y;
+    for s in 0..z {
+        check_finite(&values[s * plane..(s + 1) * plane], image, s)?;
+    }
+    let (min, max) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let rule = opts.intensity.resolve(min, max, full_scale);
+    let volume = nifti_stem(image);
+    let slices: Vec<Slice> = (0..z)
+        .into_par_iter()
+        .filter_map(|s| {
+            // Stored index (x, y) = x + y·X; display pixel (row r, col c) = stored (x = c, y = r).
+            let mut img = vec![0f32; plane];
+            let mut msk = vec![0u8; plane];
+            for r in 0..y {
+                for c in 0..x {
+                    let src = s * plane + c + r * x;
+                    img[r * x + c] = rule.apply(values[src], full_scale);
+                    msk[r * x + c] = u8::from(labels[src] >= 0.5);
+                }
+            }
+            let slice = Slice {
+                height: y,
+                width: x,
+                image: img,
+                mask: msk,
+                provenance: Provenance {
+                    file: image.to_path_buf(),
+                    volume: volume.clone(),
+                    slice_idx: s,
+                },
+            };
+            (opts.keep_empty || slice.has_lesion()).then(|| slice.resized(opts.size))
+        })
+        .collect();
+    let sources = [image, mask]
+        .iter()
+        .map(|p| {
+            (
+                p.to_path_buf(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        })
+        .collect();
+    Ok(ReadResult {
+        n_volumes: 1,
+        n_slices_total: z,
+        slices,
+        sources,
+    })
+}
+
+/// The volume id of a 2-D slice file: its stem without a trailing `_N` / `-N` slice number
+/// (`Data-1_coronacases_org_001_17` -> `Data-1_coronacases_org_001`), or the whole stem.
+pub fn volume_of_stem(stem: &str) -> String {
+    let trimmed = stem.trim_end_matches(|c: char| c.is_ascii_digit());
+    match trimmed.strip_suffix(['_', '-']) {
+        Some(base) if !base.is_empty() && trimmed.len() < stem.len() => base.to_string(),
+        _ => stem.to_string(),
+    }
+}
+
+/// A label mask from a mask image: a label map (every value at most 3: 0 background, 1–3 lesion
+/// classes) is lesion where non-zero; anything else (0/255 or soft 0–255 maps) is lesion where
+/// the value is at least half the full scale (128 for 8-bit).
+pub fn mask_from_gray(map: &GrayMap) -> Vec<u8> {
+    let label_map = map.values.iter().all(|&v| v <= 3);
+    let cut = u32::from(map.depth_max).div_ceil(2);
+    map.values
+        .iter()
+        .map(|&v| {
+            u8::from(if label_map {
+                v != 0
+            } else {
+                u32::from(v) >= cut
+            })
+        })
+        .collect()
+}
+
+/// Reads two folders of 2-D images paired by stem.
+pub fn read_slice_folders(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<ReadResult> {
+    let pairs = pair_by_stem((images, "image"), (masks, "mask"))?;
+    let read = |pair: &crate::slice_files::SlicePair| -> Result<Option<Slice>> {
+        let img = GrayMap::read(&pair.left)?;
+        let msk = GrayMap::read(&pair.right)?;
+        if img.size() != msk.size() {
+            return Err(Error::SizeMismatch {
+                left: pair.left.clone(),
+                left_size: img.size(),
+                right: pair.right.clone(),
+                right_size: msk.size(),
+            });
+        }
+        let full_scale = f32::from(img.depth_max);
+        let raw: Vec<f32> = img.values.iter().map(|&v| f32::from(v)).collect();
+        let rule = opts.intensity.resolve(0.0, 0.0, full_scale);
+        let slice = Slice {
+            height: img.height as usize,
+            width: img.width as usize,
+            image: raw.iter().map(|&v| rule.apply(v, full_scale)).collect(),
+            mask: mask_from_gray(&msk),
+            provenance: Provenance {
+                file: pair.left.clone(),
+                volume: volume_of_stem(&pair.stem),
+                slice_idx: 0,
+            },
+        };
+        Ok((opts.keep_empty || slice.has_lesion()).then(|| slice.resized(opts.size)))
+    };
+    let read_all: Vec<Option<Slice>> = pairs.par_iter().map(read).collect::<Result<_>>()?;
+    let mut volumes: Vec<String> = pairs.iter().map(|p| volume_of_stem(&p.stem)).collect();
+    volumes.sort();
+    volumes.dedup();
+    let sources = pairs
+        .iter()
+        .flat_map(|p| [&p.left, &p.right])
+        .map(|p| {
+            (
+                p.clone(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        })
+        .collect();
+    Ok(ReadResult {
+        n_volumes: volumes.len(),
+        n_slices_total: pairs.len(),
+        slices: read_all.into_iter().flatten().collect(),
+        sources,
+    })
+}
+
+#[cfg(test)]
+mod tests;

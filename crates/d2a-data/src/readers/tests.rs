@@ -1,0 +1,233 @@
+//! Readers on NIfTI volumes written here (HU values, labels 1–3) and on real slices.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array3;
+use nifti::writer::WriterOptions;
+
+use super::*;
+
+/// Writes an `[x, y, z]` volume.
+fn write_volume(path: &Path, vol: &Array3<f32>) {
+    WriterOptions::new(path).write_nifti(vol).unwrap();
+}
+
+/// A 6 (x) by 4 (y) by 5 (z) HU volume: air (-1000) with a marker of -500 HU at x = 5, y = 0 on
+/// every slice; lesion labels 1 on slice 1 and 3 on slice 3 (at x = 2, y = 3).
+fn hu_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let mut img = Array3::<f32>::from_elem((6, 4, 5), -1000.0);
+    let mut msk = Array3::<f32>::zeros((6, 4, 5));
+    for z in 0..5 {
+        img[[5, 0, z]] = -500.0;
+    }
+    msk[[2, 3, 1]] = 1.0;
+    msk[[2, 3, 3]] = 3.0;
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    let (i, m) = (dir.join("images").join(name), dir.join("masks").join(name));
+    write_volume(&i, &img);
+    write_volume(&m, &msk);
+    (i, m)
+}
+
+fn opts(size: usize, keep_empty: bool) -> ReadOptions {
+    ReadOptions {
+        intensity: Intensity::Auto,
+        size,
+        keep_empty,
+    }
+}
+
+#[test]
+fn nifti_counts_orientation_window_and_merge() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["a.nii", "b.nii.gz"] {
+        let (i, m) = hu_pair(tmp.path(), name);
+        let r = read_nifti_pair(
+            &i,
+            &m,
+            &ReadOptions {
+                intensity: Intensity::Auto,
+                size: 6,
+                keep_empty: true,
+            },
+        )?;
+        assert_eq!(r.n_slices_total, 5);
+        assert_eq!(r.slices.len(), 5);
+        let s1 = &r.slices[1];
+        assert_eq!(s1.provenance.volume, name.split('.').next().unwrap());
+        assert_eq!(s1.provenance.slice_idx, 1);
+        // Without keep_empty only the slices with labels 1 and 3 remain: both count as lesion.
+        let r = read_nifti_pair(&i, &m, &opts(6, false))?;
+        assert_eq!(r.n_slices_total, 5);
+        assert_eq!(
+            r.slices
+                .iter()
+                .map(|s| s.provenance.slice_idx)
+                .collect::<Vec<_>>(),
+            [1, 3]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn nifti_display_orientation_is_the_transpose() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (i, m) = hu_pair(tmp.path(), "v.nii");
+    // A 6 x 4 slice resized to 6 x 6 stretches rows only, so columns keep their x index.
+    let r = read_nifti_pair(&i, &m, &opts(6, false))?;
+    let s = &r.slices[0];
+    assert_eq!((s.height, s.width), (6, 6));
+    // Marker at stored (x = 5, y = 0): display row 0, column 5, at -500 HU = 0.5 in the window.
+    assert!((s.image[5] - 0.5).abs() < 1e-6, "{:?}", &s.image[..6]);
+    // Air (-1000 HU) is (−1000 + 1250) / 1500.
+    assert!((s.image[0] - 250.0 / 1500.0).abs() < 1e-6);
+    // Lesion at stored (x = 2, y = 3): display row 3 of 4; nearest resizing to 6 rows takes
+    // source row floor(o · 4 / 6), which is 3 only for row 5. Column 2 stays column 2.
+    let lesion: Vec<(usize, usize)> = (0..36)
+        .filter(|&k| s.mask[k] == 1)
+        .map(|k| (k / 6, k % 6))
+        .collect();
+    assert_eq!(lesion, [(5, 2)]);
+    Ok(())
+}
+
+#[test]
+fn u8_volumes_are_divided_by_255() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = Array3::<f32>::from_elem((4, 4, 1), 51.0);
+    let mut msk = Array3::<f32>::zeros((4, 4, 1));
+    msk[[0, 0, 0]] = 2.0;
+    write_volume(&tmp.path().join("i.nii"), &img);
+    write_volume(&tmp.path().join("m.nii"), &msk);
+    let r = read_nifti_pair(
+        &tmp.path().join("i.nii"),
+        &tmp.path().join("m.nii"),
+        &opts(4, false),
+    )?;
+    assert!(r.slices[0].image.iter().all(|&v| (v - 0.2).abs() < 1e-6));
+    let r = read_nifti_pair(
+        &tmp.path().join("i.nii"),
+        &tmp.path().join("m.nii"),
+        &ReadOptions {
+            intensity: Intensity::Hu,
+            size: 4,
+            keep_empty: false,
+        },
+    )?;
+    assert!(
+        r.slices[0]
+            .image
+            .iter()
+            .all(|&v| (v - (51.0 + 1250.0) / 1500.0).abs() < 1e-6)
+    );
+    Ok(())
+}
+
+#[test]
+fn folders_of_volumes_pair_by_name() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    hu_pair(tmp.path(), "p1.nii.gz");
+    hu_pair(tmp.path(), "p2.nii");
+    let r = read_source(
+        &tmp.path().join("images"),
+        &tmp.path().join("masks"),
+        &opts(8, false),
+    )?;
+    assert_eq!((r.n_volumes, r.n_slices_total, r.slices.len()), (2, 10, 4));
+    assert_eq!(r.sources.len(), 4);
+    std::fs::remove_file(tmp.path().join("masks/p2.nii")).unwrap();
+    let err = read_source(
+        &tmp.path().join("images"),
+        &tmp.path().join("masks"),
+        &opts(8, false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("p2.nii") && err.contains("no mask"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn bad_volumes_are_named_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (i, m) = hu_pair(tmp.path(), "t.nii.gz");
+    // Truncated gzip.
+    let bytes = std::fs::read(&i).unwrap();
+    std::fs::write(&i, &bytes[..bytes.len() / 2]).unwrap();
+    let err = read_nifti_pair(&i, &m, &opts(8, false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("t.nii.gz"), "{err}");
+    // Mask of another shape.
+    let (i, _) = hu_pair(tmp.path(), "s.nii");
+    let small = tmp.path().join("small.nii");
+    write_volume(&small, &Array3::<f32>::zeros((6, 4, 4)));
+    let err = read_nifti_pair(&i, &small, &opts(8, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("small.nii") && err.contains("[6, 4, 4]"),
+        "{err}"
+    );
+    // 4-D volume.
+    let four = tmp.path().join("four.nii");
+    WriterOptions::new(&four)
+        .write_nifti(&ndarray::Array4::<f32>::zeros((4, 4, 2, 3)))
+        .unwrap();
+    let err = read_nifti_pair(&four, &four, &opts(8, false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("four.nii") && err.contains("4-D"), "{err}");
+    // NaN voxel.
+    let mut img = Array3::<f32>::zeros((4, 4, 3));
+    img[[1, 1, 2]] = f32::NAN;
+    let nan = tmp.path().join("nan.nii");
+    write_volume(&nan, &img);
+    let err = read_nifti_pair(&nan, &nan, &opts(8, false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nan.nii") && err.contains("slice 2"), "{err}");
+}
+
+#[test]
+fn volume_ids_of_slice_files() {
+    assert_eq!(
+        volume_of_stem("Data-1_coronacases_org_001_17"),
+        "Data-1_coronacases_org_001"
+    );
+    assert_eq!(volume_of_stem("007"), "007");
+    assert_eq!(volume_of_stem("scan-3"), "scan");
+    assert_eq!(volume_of_stem("abc"), "abc");
+}
+
+#[test]
+fn real_slice_folders_load() -> Result<()> {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/medseg100-infnet");
+    if !dir.is_dir() {
+        eprintln!("skipping: {} not found", dir.display());
+        return Ok(());
+    }
+    // The multi-class masks (0, 1, 2) and the binary ones (0, 255) give the same lesions.
+    let a = read_slice_folders(&dir.join("images"), &dir.join("masks"), &opts(64, true))?;
+    let b = read_slice_folders(
+        &dir.join("images"),
+        &dir.join("masks_binary"),
+        &opts(64, true),
+    )?;
+    assert_eq!((a.n_slices_total, a.slices.len()), (98, 98));
+    assert!(
+        a.slices
+            .iter()
+            .zip(&b.slices)
+            .all(|(x, y)| x.mask == y.mask && x.has_lesion())
+    );
+    assert!(
+        a.slices
+            .iter()
+            .all(|s| s.image.iter().all(|v| (0.0..=1.0).contains(v)))
+    );
+    Ok(())
+}

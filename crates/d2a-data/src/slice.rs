@@ -1,0 +1,201 @@
+//! One CT slice with its lesion mask and where it came from, and the operations every reader
+//! applies: intensity normalisation (SPEC §3), resizing, and validation.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Where a slice came from, so that splits can be made by patient (volume), never by slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The image file it was read from.
+    pub file: PathBuf,
+    /// The volume (patient) id: the NIfTI file stem, or the slice folder's volume column.
+    pub volume: String,
+    /// Index of the slice within its volume (0 for a 2-D file).
+    pub slice_idx: usize,
+}
+
+/// A slice: intensities in [0, 1] and a binary lesion mask, row-major, `height x width`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slice {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Intensities in [0, 1].
+    pub image: Vec<f32>,
+    /// 1 where lesion (every lesion label merged), else 0.
+    pub mask: Vec<u8>,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+impl Slice {
+    /// Whether the mask has any lesion pixel.
+    pub fn has_lesion(&self) -> bool {
+        self.mask.iter().any(|&m| m != 0)
+    }
+
+    /// The slice resized to `size x size`: image bilinear (half-pixel centres, as PyTorch with
+    /// `align_corners = false`), mask nearest neighbour.
+    pub fn resized(&self, size: usize) -> Slice {
+        if self.height == size && self.width == size {
+            return self.clone();
+        }
+        Slice {
+            height: size,
+            width: size,
+            image: resize_bilinear(&self.image, (self.height, self.width), (size, size)),
+            mask: resize_nearest(&self.mask, (self.height, self.width), (size, size)),
+            provenance: self.provenance.clone(),
+        }
+    }
+}
+
+/// How raw values become intensities in [0, 1] (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Intensity {
+    /// HU if any value is below 0 or above the bit depth's maximum, else `u8` / full scale.
+    #[default]
+    Auto,
+    /// Hounsfield units, windowed to [-1250, 250] and scaled to [0, 1].
+    Hu,
+    /// Display values divided by their full scale (255 for 8-bit data).
+    U8,
+}
+
+impl std::str::FromStr for Intensity {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "hu" => Ok(Self::Hu),
+            "u8" => Ok(Self::U8),
+            _ => Err(format!("unknown intensity {s:?}; use auto, hu or u8")),
+        }
+    }
+}
+
+/// The lung window of SPEC §3.
+pub const HU_WINDOW: (f32, f32) = (-1250.0, 250.0);
+
+impl Intensity {
+    /// The rule for a volume whose values span `[min, max]` and whose display scale is
+    /// `full_scale` (255 for 8-bit data): `Auto` becomes `Hu` or `U8`.
+    pub fn resolve(self, min: f32, max: f32, full_scale: f32) -> Intensity {
+        match self {
+            Intensity::Auto if min < 0.0 || max > full_scale => Intensity::Hu,
+            Intensity::Auto => Intensity::U8,
+            other => other,
+        }
+    }
+
+    /// Maps a raw value to [0, 1] under a resolved rule.
+    pub fn apply(self, v: f32, full_scale: f32) -> f32 {
+        match self {
+            Intensity::Hu => ((v - HU_WINDOW.0) / (HU_WINDOW.1 - HU_WINDOW.0)).clamp(0.0, 1.0),
+            Intensity::U8 | Intensity::Auto => (v / full_scale).clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// Fails on the first NaN or infinite value, naming the file and slice.
+pub(crate) fn check_finite(values: &[f32], file: &std::path::Path, slice_idx: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::NonFinite {
+            path: file.to_path_buf(),
+            slice_idx,
+            index: i,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// For each output index of an axis resized from `n_in` to `n_out`, the two source indices and
+/// the weight of the second (half-pixel centres, clamped at the borders).
+fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f64 / n_out as f64;
+    (0..n_out)
+        .map(|o| {
+            let s = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (s.floor() as usize).min(n_in - 1);
+            let i1 = (i0 + 1).min(n_in - 1);
+            (i0, i1, (s - i0 as f64) as f32)
+        })
+        .collect()
+}
+
+/// Bilinear resize of a row-major `(h, w)` plane.
+pub fn resize_bilinear(src: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize)) -> Vec<f32> {
+    let (ty, tx) = (bilinear_taps(h, ho), bilinear_taps(w, wo));
+    let mut out = Vec::with_capacity(ho * wo);
+    for &(y0, y1, ly) in &ty {
+        for &(x0, x1, lx) in &tx {
+            let top = src[y0 * w + x0] * (1.0 - lx) + src[y0 * w + x1] * lx;
+            let bottom = src[y1 * w + x0] * (1.0 - lx) + src[y1 * w + x1] * lx;
+            out.push(top * (1.0 - ly) + bottom * ly);
+        }
+    }
+    out
+}
+
+/// Nearest-neighbour resize of a row-major `(h, w)` plane (PyTorch's `nearest`: `floor(o · n_in / n_out)`).
+pub fn resize_nearest<T: Copy>(
+    src: &[T],
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<T> {
+    let idx = |o: usize, n_in: usize, n_out: usize| ((o * n_in) / n_out).min(n_in - 1);
+    let mut out = Vec::with_capacity(ho * wo);
+    for oy in 0..ho {
+        let y = idx(oy, h, ho);
+        for ox in 0..wo {
+            out.push(src[y * w + idx(ox, w, wo)]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intensity_rules() {
+        assert_eq!(
+            Intensity::Auto.resolve(-1024.0, 900.0, 255.0),
+            Intensity::Hu
+        );
+        assert_eq!(Intensity::Auto.resolve(0.0, 255.0, 255.0), Intensity::U8);
+        assert_eq!(Intensity::U8.resolve(-5.0, 255.0, 255.0), Intensity::U8);
+        assert_eq!(Intensity::Hu.apply(-1250.0, 255.0), 0.0);
+        assert_eq!(Intensity::Hu.apply(-500.0, 255.0), 0.5);
+        assert_eq!(Intensity::Hu.apply(3000.0, 255.0), 1.0);
+        assert_eq!(Intensity::U8.apply(51.0, 255.0), 0.2);
+        assert_eq!("hu".parse::<Intensity>(), Ok(Intensity::Hu));
+        assert!("x".parse::<Intensity>().is_err());
+    }
+
+    #[test]
+    fn resizing_keeps_constants_and_mask_values() {
+        let img = vec![0.25f32; 6 * 4];
+        assert!(
+            resize_bilinear(&img, (6, 4), (8, 8))
+                .iter()
+                .all(|&v| (v - 0.25).abs() < 1e-7)
+        );
+        // A 2x2 checkerboard doubled by nearest: each value becomes a 2x2 block.
+        let m = resize_nearest(&[1u8, 0, 0, 1], (2, 2), (4, 4));
+        assert_eq!(m, [1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1]);
+        // Bilinear x2 of [0, 4] is PyTorch's [0, 1, 3, 4].
+        assert_eq!(
+            resize_bilinear(&[0.0, 4.0], (1, 2), (1, 4)),
+            [0.0, 1.0, 3.0, 4.0]
+        );
+    }
+}
