@@ -28,6 +28,8 @@ pub enum Command {
     EvalMasks(commands::eval_masks::Args),
     /// Parameter and multiply-add counts of a model.
     Info(commands::info::Args),
+    /// Read CT volumes or slice folders once into a prepared dataset for training.
+    Prepare(commands::prepare::Args),
     /// Train a model (with no arguments: a small model on synthetic phantoms).
     Train(commands::train::Args),
 }
@@ -37,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::EvalMasks(args) => args.run(),
         Command::Info(args) => args.run(),
+        Command::Prepare(args) => args.run(),
         Command::Train(args) => args.run(),
     }
 }

@@ -139,3 +139,60 @@ fn info_prints_the_spec_counts() {
     let out = d2a(&["info", "--model", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("d2a-resnext50"));
 }
+
+#[test]
+fn prepare_counts_slice_folders_and_refuses_truncated_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, masks) = (tmp.path().join("images"), tmp.path().join("masks"));
+    // Three slices of volume "vol" (two with lesion) and one empty slice of volume "other".
+    for (name, lesion) in [
+        ("vol_1", true),
+        ("vol_2", false),
+        ("vol_3", true),
+        ("other_1", false),
+    ] {
+        write_mask(&images.join(format!("{name}.png")), 20, 12, |x, y| {
+            ((x * 7 + y * 3) % 256) as u8
+        });
+        write_mask(&masks.join(format!("{name}.png")), 20, 12, |x, y| {
+            if lesion && x > 10 && y > 5 { 255 } else { 0 }
+        });
+    }
+    let out = tmp.path().join("prepared");
+    let args = |out: &Path| {
+        vec![
+            "prepare".to_string(),
+            "--images".into(),
+            images.to_str().unwrap().into(),
+            "--masks".into(),
+            masks.to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--size".into(),
+            "16".into(),
+            "--json".into(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_d2a"))
+            .args(a)
+            .output()
+            .unwrap()
+    };
+    let o = run(args(&out));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"n_volumes": 2, "n_slices_total": 4, "n_slices_kept": 2, "size": 16, "out": out.to_str().unwrap()})
+    );
+    assert!(out.join("manifest.json").is_file());
+    // A truncated image fails with its name, and leaves no prepared folder behind.
+    let bytes = std::fs::read(images.join("vol_3.png")).unwrap();
+    std::fs::write(images.join("vol_3.png"), &bytes[..bytes.len() / 2]).unwrap();
+    let out2 = tmp.path().join("prepared2");
+    let o = run(args(&out2));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("vol_3.png"));
+    assert!(!out2.exists());
+}

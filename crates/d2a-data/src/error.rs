@@ -99,6 +99,9 @@ pub enum Error {
     /// Bad options (sizes, counts) given by the caller.
     #[error("{0}")]
     Invalid(String),
+    /// An error from candle (tensor I/O).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
     /// A threshold outside `[0, 1]`.
     #[error("threshold must be in [0, 1], got {0}")]
     BadThreshold(f64),

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod prepared;
 pub mod readers;
 pub mod slice;
 pub mod slice_files;

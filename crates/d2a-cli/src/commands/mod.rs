@@ -2,4 +2,5 @@
 
 pub mod eval_masks;
 pub mod info;
+pub mod prepare;
 pub mod train;
