@@ -9,11 +9,13 @@
 
 #![warn(missing_docs)]
 
+pub mod augment;
 mod error;
 pub mod prepared;
 pub mod readers;
 pub mod slice;
 pub mod slice_files;
+pub mod synthetic;
 
 pub use error::{Error, Result, UnpairedFiles};
 pub use readers::{ReadOptions, ReadResult, read_source};

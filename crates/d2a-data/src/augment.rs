@@ -1,0 +1,250 @@
+//! Training augmentation (SPEC §4), applied to image and mask together, reproducible from a seed:
+//! resize, random horizontal and vertical flips, random rotation, random gamma, log transform,
+//! random crop. The mask always follows by nearest neighbour, so it stays binary and aligned.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::slice::{Slice, resize_bilinear, resize_nearest};
+use crate::{Error, Result};
+
+/// Ranges of the random transforms (SPEC §4 decisions for what the paper leaves unstated).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AugmentConfig {
+    /// Side the slice is resized to first (paper: 560).
+    pub resize: usize,
+    /// Side of the random crop (paper: 448).
+    pub crop: usize,
+    /// Largest rotation, degrees, either way (15).
+    pub max_rotation_deg: f32,
+    /// Gamma range (0.7 to 1.5).
+    pub gamma: (f32, f32),
+    /// Probability of the log transform (0.5).
+    pub log_p: f64,
+    /// Range of the log transform's `c` in `log(1 + c·x) / log(1 + c)` (1 to 10).
+    pub log_c: (f32, f32),
+}
+
+impl AugmentConfig {
+    /// The paper's protocol: 560, crop 448.
+    pub const fn paper() -> Self {
+        Self {
+            resize: 560,
+            crop: 448,
+            max_rotation_deg: 15.0,
+            gamma: (0.7, 1.5),
+            log_p: 0.5,
+            log_c: (1.0, 10.0),
+        }
+    }
+
+    /// The same transforms for a crop of `crop` pixels, resized first by the paper's ratio 560/448.
+    pub const fn for_crop(crop: usize) -> Self {
+        Self {
+            resize: crop * 5 / 4,
+            crop,
+            ..Self::paper()
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.crop == 0 || self.crop > self.resize {
+            return Err(Error::Invalid(format!(
+                "augmentation crop {} must be positive and at most the resize {}",
+                self.crop, self.resize
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An augmented image and mask, `crop x crop`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Augmented {
+    /// Intensities in [0, 1].
+    pub image: Vec<f32>,
+    /// 0/1 lesion mask.
+    pub mask: Vec<u8>,
+}
+
+/// Applies the transforms of `cfg` to `slice`, drawing every random choice from `seed`.
+pub fn augment(slice: &Slice, cfg: &AugmentConfig, seed: u64) -> Result<Augmented> {
+    cfg.check()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let r = cfg.resize;
+    let mut image = resize_bilinear(&slice.image, (slice.height, slice.width), (r, r));
+    let mut mask = resize_nearest(&slice.mask, (slice.height, slice.width), (r, r));
+    if rng.random_bool(0.5) {
+        for row in 0..r {
+            image[row * r..(row + 1) * r].reverse();
+            mask[row * r..(row + 1) * r].reverse();
+        }
+    }
+    if rng.random_bool(0.5) {
+        for row in 0..r / 2 {
+            let other = r - 1 - row;
+            for col in 0..r {
+                image.swap(row * r + col, other * r + col);
+                mask.swap(row * r + col, other * r + col);
+            }
+        }
+    }
+    let angle = rng
+        .random_range(-cfg.max_rotation_deg..=cfg.max_rotation_deg)
+        .to_radians();
+    (image, mask) = rotate(&image, &mask, r, angle);
+    let gamma = rng.random_range(cfg.gamma.0..=cfg.gamma.1);
+    let log_c = rng
+        .random_bool(cfg.log_p)
+        .then(|| rng.random_range(cfg.log_c.0..=cfg.log_c.1));
+    for v in &mut image {
+        *v = v.clamp(0.0, 1.0).powf(gamma);
+        if let Some(c) = log_c {
+            *v = (1.0 + c * *v).ln() / (1.0 + c).ln();
+        }
+        *v = v.clamp(0.0, 1.0);
+    }
+    let (y0, x0) = (
+        rng.random_range(0..=r - cfg.crop),
+        rng.random_range(0..=r - cfg.crop),
+    );
+    let c = cfg.crop;
+    let mut out = Augmented {
+        image: Vec::with_capacity(c * c),
+        mask: Vec::with_capacity(c * c),
+    };
+    for y in y0..y0 + c {
+        out.image
+            .extend_from_slice(&image[y * r + x0..y * r + x0 + c]);
+        out.mask
+            .extend_from_slice(&mask[y * r + x0..y * r + x0 + c]);
+    }
+    Ok(out)
+}
+
+/// Rotates an `n x n` image (bilinear, zero outside) and mask (nearest) by `angle` radians about
+/// the centre.
+fn rotate(image: &[f32], mask: &[u8], n: usize, angle: f32) -> (Vec<f32>, Vec<u8>) {
+    let (s, c) = angle.sin_cos();
+    let mid = n as f32 / 2.0;
+    let mut out_img = vec![0f32; n * n];
+    let mut out_mask = vec![0u8; n * n];
+    let at = |y: isize, x: isize| -> f32 {
+        if y >= 0 && x >= 0 && (y as usize) < n && (x as usize) < n {
+            image[y as usize * n + x as usize]
+        } else {
+            0.0
+        }
+    };
+    for y in 0..n {
+        for x in 0..n {
+            // Source position of the output pixel centre: the inverse rotation.
+            let (dy, dx) = (y as f32 + 0.5 - mid, x as f32 + 0.5 - mid);
+            let sy = c * dy - s * dx + mid - 0.5;
+            let sx = s * dy + c * dx + mid - 0.5;
+            let (fy, fx) = (sy.floor(), sx.floor());
+            let (ly, lx) = (sy - fy, sx - fx);
+            let (iy, ix) = (fy as isize, fx as isize);
+            out_img[y * n + x] = (at(iy, ix) * (1.0 - lx) + at(iy, ix + 1) * lx) * (1.0 - ly)
+                + (at(iy + 1, ix) * (1.0 - lx) + at(iy + 1, ix + 1) * lx) * ly;
+            let (ny, nx) = (sy.round() as isize, sx.round() as isize);
+            if ny >= 0 && nx >= 0 && (ny as usize) < n && (nx as usize) < n {
+                out_mask[y * n + x] = mask[ny as usize * n + nx as usize];
+            }
+        }
+    }
+    (out_img, out_mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slice::Provenance;
+
+    /// A dark slice with one bright square marker drawn into both image and mask.
+    fn marked(size: usize, (y, x): (usize, usize), side: usize) -> Slice {
+        let mut image = vec![0.1f32; size * size];
+        let mut mask = vec![0u8; size * size];
+        for yy in y..y + side {
+            for xx in x..x + side {
+                image[yy * size + xx] = 1.0;
+                mask[yy * size + xx] = 1;
+            }
+        }
+        Slice {
+            height: size,
+            width: size,
+            image,
+            mask,
+            provenance: Provenance {
+                file: "m".into(),
+                volume: "m".into(),
+                slice_idx: 0,
+            },
+        }
+    }
+
+    fn centroid(values: impl Iterator<Item = bool>, n: usize) -> Option<(f32, f32)> {
+        let (mut sy, mut sx, mut k) = (0.0, 0.0, 0.0);
+        for (i, on) in values.enumerate() {
+            if on {
+                sy += (i / n) as f32;
+                sx += (i % n) as f32;
+                k += 1.0;
+            }
+        }
+        (k > 0.0).then(|| (sy / k, sx / k))
+    }
+
+    #[test]
+    fn marker_moves_together_in_image_and_mask() -> Result<()> {
+        let cfg = AugmentConfig::for_crop(48);
+        let mut checked = 0;
+        for seed in 0..40 {
+            // Markers near the centre stay inside every crop.
+            let s = marked(64, (26, 30), 8);
+            let a = augment(&s, &cfg, seed)?;
+            assert_eq!((a.image.len(), a.mask.len()), (48 * 48, 48 * 48));
+            assert!(a.image.iter().all(|v| (0.0..=1.0).contains(v)));
+            assert!(a.mask.iter().all(|&m| m <= 1));
+            let bright = a.image.iter().copied().fold(0.0f32, f32::max);
+            let Some(cm) = centroid(a.mask.iter().map(|&m| m == 1), 48) else {
+                continue;
+            };
+            let ci = centroid(a.image.iter().map(|&v| v > 0.5 * bright + 0.05), 48)
+                .expect("marker visible in the image");
+            assert!(
+                (cm.0 - ci.0).abs() < 1.0 && (cm.1 - ci.1).abs() < 1.0,
+                "seed {seed}: mask at {cm:?}, image at {ci:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 30, "the marker left the crop too often");
+        Ok(())
+    }
+
+    #[test]
+    fn same_seed_same_result_other_seed_other_result() -> Result<()> {
+        let s = crate::synthetic::phantom(1, 40);
+        let cfg = AugmentConfig::for_crop(32);
+        assert_eq!(augment(&s, &cfg, 5)?, augment(&s, &cfg, 5)?);
+        assert_ne!(augment(&s, &cfg, 5)?, augment(&s, &cfg, 6)?);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let s = marked(16, (2, 2), 2);
+        let cfg = AugmentConfig {
+            crop: 20,
+            resize: 16,
+            ..AugmentConfig::paper()
+        };
+        assert!(
+            augment(&s, &cfg, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("crop")
+        );
+    }
+}
