@@ -1,9 +1,14 @@
-//! CT data for d2a: from files on disk to slices the model and the metrics can use.
+//! CT data for d2a: from files on disk to augmented training batches (SPEC §3–4).
 //!
-//! Today this crate reads folders of 2-D slice images and masks ([`slice_files`]): listing them,
-//! pairing them by file stem and decoding grayscale maps with their bit depth. The NIfTI volume
-//! readers, intensity normalisation (SPEC §3), augmentation (SPEC §4) and the batch loader land
-//! with the data issue.
+//! - [`readers`]: NIfTI volumes (`.nii`, `.nii.gz`) with their mask volumes, and folders of 2-D
+//!   slices with their masks, as [`Slice`]s with [`Provenance`] (file, volume, slice index) so
+//!   that splits are made by patient; display orientation, HU window or /255, labels merged,
+//!   slices without lesion dropped unless asked, resized to a square size.
+//! - [`prepared`]: slices written once as safetensors shards with a manifest (`d2a prepare`),
+//!   read back in seconds; atomic and versioned.
+//! - [`synthetic`]: CT-like phantoms with exact masks, the embedded default dataset.
+//! - [`augment`]: the paper's augmentation, seeded. [`loader`]: shuffled, prefetched batches.
+//! - [`slice_files`]: listing and pairing slice folders, decoding grayscale maps.
 //!
 //! The crate stands alone: it depends on no other d2a crate.
 
@@ -11,6 +16,7 @@
 
 pub mod augment;
 mod error;
+pub mod loader;
 pub mod prepared;
 pub mod readers;
 pub mod slice;
