@@ -39,25 +39,13 @@ pub struct SlicePair {
 /// Files with other extensions and sub-folders are skipped. It is an error for `dir` to be
 /// missing, to not be a folder, to hold no image, or to hold two images with the same stem.
 pub fn list_slices(dir: &Path) -> Result<Vec<SliceFile>> {
-    let io_err = |source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    if !dir.is_dir() {
-        // Distinguish "missing" (an I/O error with its own message) from "a file, not a folder".
-        std::fs::metadata(dir).map_err(io_err)?;
-        return Err(Error::NotAFolder {
-            path: dir.to_path_buf(),
-        });
-    }
     let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err)? {
-        let path = entry.map_err(io_err)?.path();
+    for path in files_in(dir)? {
         let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else {
             continue;
         };
         let ext = ext.to_string_lossy().to_ascii_lowercase();
-        if !IMAGE_EXTENSIONS.contains(&ext.as_str()) || !path.is_file() {
+        if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
             continue;
         }
         let stem = stem.to_string_lossy().into_owned();
@@ -77,6 +65,30 @@ pub fn list_slices(dir: &Path) -> Result<Vec<SliceFile>> {
         .into_iter()
         .map(|(stem, path)| SliceFile { stem, path })
         .collect())
+}
+
+/// The regular files of folder `dir`, sorted; an error if `dir` is missing or not a folder.
+pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io_err = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.is_dir() {
+        // Distinguish "missing" (an I/O error with its own message) from "a file, not a folder".
+        std::fs::metadata(dir).map_err(io_err)?;
+        return Err(Error::NotAFolder {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn ordered(a: PathBuf, b: PathBuf) -> (PathBuf, PathBuf) {

@@ -15,12 +15,14 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     cfg: Conv2dConfig,
+    /// `(out channels, in channels per group, kh, kw)` of `weight`.
+    dims: (usize, usize, usize, usize),
 }
 
 impl Conv2d {
     /// Records this layer's parameters and MACs for an input of shape `x`; returns the output shape.
     pub fn cost(&self, cost: &mut Cost, name: &str, x: Shape4) -> Shape4 {
-        let (c_out, c_in_g, kh, kw) = self.weight.dims4().unwrap_or((0, 0, 0, 0));
+        let (c_out, c_in_g, kh, kw) = self.dims;
         let out = |n: usize, p: usize, d: usize, k: usize, s: usize| {
             (n + 2 * p).saturating_sub(d * (k - 1) + 1) / s + 1
         };
@@ -61,7 +63,13 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, cfg })
+        let dims = weight.dims4()?;
+        Ok(Self {
+            weight,
+            bias,
+            cfg,
+            dims,
+        })
     }
 }
 

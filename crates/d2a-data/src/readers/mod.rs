@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::slice::{Intensity, Provenance, Slice, check_finite};
-use crate::slice_files::{GrayMap, pair_by_stem};
+use crate::slice_files::{GrayMap, files_in, pair_by_stem};
 use crate::{Error, Result};
 
 /// What to do while reading.
@@ -133,25 +133,7 @@ fn file_name(path: &Path) -> String {
 }
 
 fn list_nifti(dir: &Path) -> Result<Vec<PathBuf>> {
-    let io_err = |source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    if !dir.is_dir() {
-        std::fs::metadata(dir).map_err(io_err)?;
-        return Err(Error::NotAFolder {
-            path: dir.to_path_buf(),
-        });
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err)? {
-        let path = entry.map_err(io_err)?.path();
-        if path.is_file() && is_nifti(&path) {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+    Ok(files_in(dir)?.into_iter().filter(|p| is_nifti(p)).collect())
 }
 
 /// Display full scale of non-HU volumes: 0–255 data is divided by 255 (SPEC §3).

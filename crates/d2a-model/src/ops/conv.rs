@@ -130,6 +130,17 @@ impl Geometry {
         self.kh == 1 && self.kw == 1 && self.cfg.stride == (1, 1) && self.cfg.padding == (0, 0)
     }
 
+    /// Fails unless `dims` is this convolution's output shape (for gradients).
+    fn check_output(&self, dims: &[usize], op: &str) -> Result<()> {
+        if dims != self.y_dims() {
+            bail!(
+                "{op}: gradient {dims:?} does not match the output {:?}",
+                self.y_dims()
+            );
+        }
+        Ok(())
+    }
+
     fn x_dims(&self) -> [usize; 4] {
         [self.batch, self.c_in, self.h, self.w]
     }
@@ -350,14 +361,7 @@ impl CustomOp2 for Conv2dInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = self.x_dims;
         let geo = Geometry::new(&[b, c, h, w], wl.dims(), self.cfg)?;
-        if gl.dims() != geo.y_dims() {
-            bail!(
-                "{}: gradient {:?} does not match the output {:?}",
-                self.name(),
-                gl.dims(),
-                geo.y_dims()
-            );
-        }
+        geo.check_output(gl.dims(), self.name())?;
         let gx = with_float!(gs, self.name(), |T| {
             let gy = contiguous::<T>(gs, gl, self.name())?;
             let wt = contiguous::<T>(ws, wl, self.name())?;
@@ -404,14 +408,7 @@ impl CustomOp2 for Conv2dWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (o, c, kh, kw) = self.w_dims;
         let geo = Geometry::new(xl.dims(), &[o, c, kh, kw], self.cfg)?;
-        if gl.dims() != geo.y_dims() {
-            bail!(
-                "{}: gradient {:?} does not match the output {:?}",
-                self.name(),
-                gl.dims(),
-                geo.y_dims()
-            );
-        }
+        geo.check_output(gl.dims(), self.name())?;
         let gw = with_float!(xs, self.name(), |T| {
             let x = contiguous::<T>(xs, xl, self.name())?;
             let gy = contiguous::<T>(gs, gl, self.name())?;
