@@ -105,10 +105,39 @@ fn eval_masks_fails_with_the_file_named() {
 }
 
 #[test]
-fn train_says_what_exists_today() {
-    let out = d2a(&["train"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not built yet"));
+fn train_on_phantoms_writes_a_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = d2a(&[
+        "train",
+        "--epochs",
+        "1",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("validation Dice"), "{stdout}");
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(line["epoch"], 1);
+    assert!(line["val_dice"].as_f64().unwrap() >= 0.0);
+    assert!(run.join("model.safetensors").is_file() && run.join("config.json").is_file());
+    let out = d2a(&["train", "--train", "/some/data"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
 }
 
 #[test]

@@ -69,6 +69,21 @@ impl fmt::Display for LoadReport {
     }
 }
 
+/// The trainable variables of `varmap`, sorted by name: everything but BatchNorm's running
+/// statistics, which training updates without gradients.
+pub fn trainable_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
+    let Ok(data) = varmap.data().lock() else {
+        return Vec::new();
+    };
+    let mut vars: Vec<(String, candle_core::Var)> = data
+        .iter()
+        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 /// Reads every tensor of a `.safetensors` or PyTorch (`.pth`, `.pt`, `.bin`) file, by name.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let wrap = |source| Error::ReadCheckpoint {

@@ -1,24 +1,13 @@
 //! Whole-model tests: parameter and MAC counts against the PyTorch implementation of the SPEC,
 //! forward and backward of every preset on non-square inputs, and overfitting a tiny set.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 
+use crate::checkpoint::trainable_vars as trainable;
 use crate::init::seeded_var_builder;
 use crate::test_support::pseudo_random;
 use crate::{Config, D2AUNet};
-
-/// Trainable parameters of a VarMap: everything but BatchNorm's running statistics.
-fn trainable(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().unwrap();
-    let mut vars: Vec<(String, Var)> = data
-        .iter()
-        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
-}
 
 fn build(cfg: &Config) -> Result<(VarMap, D2AUNet)> {
     build_seeded(cfg, 7)

@@ -5,5 +5,6 @@
 
 #![warn(missing_docs)]
 
+pub mod fit;
 pub mod loss;
 pub mod optim;
