@@ -134,7 +134,9 @@ fn train_on_phantoms_writes_a_run_folder() {
     .unwrap();
     assert_eq!(line["epoch"], 1);
     assert!(line["val_dice"].as_f64().unwrap() >= 0.0);
-    assert!(run.join("model.safetensors").is_file() && run.join("config.json").is_file());
+    for file in ["last.safetensors", "best.safetensors", "config.json"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
     let out = d2a(&["train", "--train", "/some/data"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));

@@ -22,7 +22,7 @@ use serde_json::json;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Epochs over the synthetic training set.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     pub epochs: usize,
     /// Phantoms to generate (8 per synthetic volume; 2 volumes go to validation).
     #[arg(long, default_value_t = 96)]
@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Seed of the phantoms, the split, the initialisation and the augmentation.
     #[arg(long, default_value_t = 0)]
@@ -124,7 +124,8 @@ impl Args {
         let metrics_path = out.join("metrics.jsonl");
         let mut metrics = std::fs::File::create(&metrics_path)
             .with_context(|| format!("creating {}", metrics_path.display()))?;
-        let checkpoint = out.join("model.safetensors");
+        let (last, best) = (out.join("last.safetensors"), out.join("best.safetensors"));
+        let mut best_dice = f64::NEG_INFINITY;
         let records = fit(&model, vars, &train_loader, &val_loader, &fit_cfg, |r| {
             println!(
                 "epoch {:>2}/{}: train loss {:.4}, validation loss {:.4}, Dice {:.4} (global {:.4}), {:.1} s",
@@ -138,15 +139,28 @@ impl Args {
             );
             let line = serde_json::to_string(r).map_err(candle_core::Error::wrap)?;
             writeln!(metrics, "{line}").map_err(candle_core::Error::wrap)?;
-            // Written atomically every epoch, so a stopped run keeps its last good weights.
-            save(&varmap, &checkpoint).map_err(candle_core::Error::wrap)
+            // Written atomically every epoch, so a stopped run keeps its last good weights; the
+            // best validation epoch is kept too (validation data, never the test set).
+            save(&varmap, &last).map_err(candle_core::Error::wrap)?;
+            if r.val_dice > best_dice {
+                best_dice = r.val_dice;
+                save(&varmap, &best).map_err(candle_core::Error::wrap)?;
+            }
+            Ok(())
         })?;
-        let last = records.last().context("no epoch ran")?;
+        let final_epoch = records.last().context("no epoch ran")?;
+        let best_epoch = records
+            .iter()
+            .max_by(|a, b| a.val_dice.total_cmp(&b.val_dice))
+            .context("no epoch ran")?;
         println!(
-            "validation Dice {:.4} (per-slice mean), {:.4} (global) after {} epochs in {:.0} s\nrun folder: {} (config.json, metrics.jsonl, model.safetensors)",
-            last.val_dice,
-            last.val_dice_global,
+            "validation Dice {:.4} (per-slice mean), {:.4} (global) after {} epochs; best {:.4} at epoch {}; {:.0} s\n\
+             run folder: {} (config.json, metrics.jsonl, last.safetensors, best.safetensors)",
+            final_epoch.val_dice,
+            final_epoch.val_dice_global,
             self.epochs,
+            best_epoch.val_dice,
+            best_epoch.epoch,
             start.elapsed().as_secs_f64(),
             out.display()
         );
