@@ -5,19 +5,14 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Result, Tensor};
 
+use crate::init::SplitMix64;
+
 /// A tensor of values in [-1, 1) from a fixed-seed generator (SplitMix64), f32 on the CPU.
 pub(crate) fn pseudo_random(dims: &[usize], seed: u64) -> Result<Tensor> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    let mut rng = SplitMix64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1));
     let n: usize = dims.iter().product();
     let values: Vec<f32> = (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect();
     Tensor::from_vec(values, dims, &Device::Cpu)
 }
