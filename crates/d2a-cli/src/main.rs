@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    d2a_cli::tune_allocator();
     let cli = d2a_cli::Cli::parse();
     d2a_cli::init_logging(cli.quiet);
     match d2a_cli::run(cli) {

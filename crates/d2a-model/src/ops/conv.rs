@@ -7,6 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType as _, bail};
 use gemm::Parallelism;
+use rayon::iter::{IndexedParallelIterator as _, IntoParallelIterator as _, ParallelIterator as _};
+use rayon::slice::ParallelSliceMut as _;
 
 use super::cpu::{Float, contiguous, with_float};
 
@@ -159,45 +161,85 @@ impl Geometry {
         (o * stride + k * dil).checked_sub(pad).filter(|&i| i < n)
     }
 
-    /// Fills `cols` (`k() x n()`, row-major) from the group's input planes `x` (`C_g x H x W`).
-    fn im2col<T: Float>(&self, x: &[T], cols: &mut [T]) {
+    /// Output rows per tile: a tile's im2col block (`k() x rows·wo`) stays near [`TILE_ELEMS`]
+    /// elements, so it lives in cache and costs no page faults.
+    fn rows_per_tile(&self) -> usize {
+        (TILE_ELEMS / (self.k() * self.wo).max(1)).clamp(1, self.ho.max(1))
+    }
+
+    fn tiles(&self) -> usize {
+        self.ho.div_ceil(self.rows_per_tile())
+    }
+
+    /// Output rows `[oy0, oy1)` of tile `t`.
+    fn tile_rows(&self, t: usize) -> (usize, usize) {
+        let rows = self.rows_per_tile();
+        (t * rows, ((t + 1) * rows).min(self.ho))
+    }
+
+    /// Fills `cols` (`k() x (oy1 − oy0)·wo`, row-major) with the im2col block of output rows
+    /// `[oy0, oy1)` from the group's input planes `x` (`C_g x H x W`).
+    fn im2col<T: Float>(&self, x: &[T], (oy0, oy1): (usize, usize), cols: &mut Vec<T>) {
         let (sh, sw) = self.cfg.stride;
         let (ph, pw) = self.cfg.padding;
         let (dh, dw) = self.cfg.dilation;
         let zero = T::from_f64(0.0);
-        for (row, out) in cols.chunks_exact_mut(self.n()).enumerate() {
+        let tn = (oy1 - oy0) * self.wo;
+        cols.resize(self.k() * tn, zero);
+        for (row, out) in cols.chunks_exact_mut(tn).enumerate() {
             let (c, ky, kx) = (
                 row / (self.kh * self.kw),
                 row / self.kw % self.kh,
                 row % self.kw,
             );
             let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for (oy, out_row) in out.chunks_exact_mut(self.wo).enumerate() {
+            // Output columns whose input column is inside the image: `[lo, hi)`.
+            let shift = kx * dw;
+            let lo = pw.saturating_sub(shift).div_ceil(sw).min(self.wo);
+            let hi = (self.w + pw)
+                .checked_sub(shift)
+                .map_or(0, |e| e.div_ceil(sw))
+                .clamp(lo, self.wo);
+            for (oy, out_row) in (oy0..oy1).zip(out.chunks_exact_mut(self.wo)) {
                 let Some(iy) = Self::src(oy, ky, sh, dh, ph, self.h) else {
                     out_row.fill(zero);
                     continue;
                 };
                 let in_row = &plane[iy * self.w..(iy + 1) * self.w];
-                for (ox, v) in out_row.iter_mut().enumerate() {
-                    *v = Self::src(ox, kx, sw, dw, pw, self.w).map_or(zero, |ix| in_row[ix]);
+                out_row[..lo].fill(zero);
+                out_row[hi..].fill(zero);
+                if lo == hi {
+                    continue;
+                }
+                let first = lo * sw + shift - pw;
+                if sw == 1 {
+                    out_row[lo..hi].copy_from_slice(&in_row[first..first + hi - lo]);
+                } else {
+                    for (v, &s) in out_row[lo..hi]
+                        .iter_mut()
+                        .zip(in_row[first..].iter().step_by(sw))
+                    {
+                        *v = s;
+                    }
                 }
             }
         }
     }
 
-    /// Adds `cols` (`k() x n()`) back into the group's input-gradient planes `gx`.
-    fn col2im<T: Float>(&self, cols: &[T], gx: &mut [T]) {
+    /// Adds `cols` (`k() x (oy1 − oy0)·wo`) back into the group's input-gradient planes `gx`.
+    fn col2im<T: Float>(&self, cols: &[T], (oy0, oy1): (usize, usize), gx: &mut [T]) {
         let (sh, sw) = self.cfg.stride;
         let (ph, pw) = self.cfg.padding;
         let (dh, dw) = self.cfg.dilation;
-        for (row, col) in cols.chunks_exact(self.n()).enumerate() {
+        let tn = (oy1 - oy0) * self.wo;
+        for (row, col) in cols.chunks_exact(tn).enumerate() {
             let (c, ky, kx) = (
                 row / (self.kh * self.kw),
                 row / self.kw % self.kh,
                 row % self.kw,
             );
             let plane = &mut gx[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for (oy, col_row) in col.chunks_exact(self.wo).enumerate() {
+            for (oy, col_row) in (oy0..oy1).zip(col.chunks_exact(self.wo)) {
                 let Some(iy) = Self::src(oy, ky, sh, dh, ph, self.h) else {
                     continue;
                 };
@@ -210,39 +252,147 @@ impl Geometry {
             }
         }
     }
+
+    /// The convolution whose forward pass is this one's input gradient, when there is one:
+    /// stride 1 and padding at most the dilated kernel's reach. It maps `dY` (`c_out` channels)
+    /// back to `c_in` channels with the kernel flipped and its in/out axes swapped per group.
+    fn transposed(&self) -> Option<Self> {
+        let (ph, pw) = self.cfg.padding;
+        let reach = (
+            self.cfg.dilation.0 * (self.kh - 1),
+            self.cfg.dilation.1 * (self.kw - 1),
+        );
+        if self.cfg.stride != (1, 1) || ph > reach.0 || pw > reach.1 {
+            return None;
+        }
+        Some(Self {
+            cfg: Conv2dConfig {
+                padding: (reach.0 - ph, reach.1 - pw),
+                ..self.cfg
+            },
+            c_in: self.c_out,
+            c_out: self.c_in,
+            h: self.ho,
+            w: self.wo,
+            ho: self.h,
+            wo: self.w,
+            ..*self
+        })
+    }
+
+    /// The weights of [`Geometry::transposed`]: `w'[g·cg + c, o, ky, kx] = w[g·og + o, c,
+    /// kh−1−ky, kw−1−kx]`.
+    fn transpose_weights<T: Float>(&self, w: &[T]) -> Vec<T> {
+        let (og, cg, taps) = (self.c_out_g(), self.c_in_g(), self.kh * self.kw);
+        let mut out = vec![T::from_f64(0.0); w.len()];
+        for g in 0..self.cfg.groups {
+            for o in 0..og {
+                for c in 0..cg {
+                    let src = &w[((g * og + o) * cg + c) * taps..][..taps];
+                    let dst = &mut out[((g * cg + c) * og + o) * taps..][..taps];
+                    for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Work items of one call: every (image, group, tile of output rows).
+    fn items(&self) -> usize {
+        self.batch * self.cfg.groups * self.tiles()
+    }
+
+    /// `(b, g, tile)` of work item `i`.
+    fn item(&self, i: usize) -> (usize, usize, usize) {
+        let tiles = self.tiles();
+        let (bg, t) = (i / tiles, i % tiles);
+        (bg / self.cfg.groups, bg % self.cfg.groups, t)
+    }
+
+    /// Whether to spread work items over the threads (each GEMM then single-threaded), rather
+    /// than run them in turn with threaded GEMMs: when there are enough of them.
+    fn parallel_items(&self) -> bool {
+        self.items() >= 2 * rayon::current_num_threads()
+    }
+
+    /// Parallelism handed to each GEMM.
+    fn gemm_parallelism(&self) -> Parallelism {
+        if self.parallel_items() || self.c_out_g() * self.k() * self.n() < 1 << 18 {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(rayon::current_num_threads())
+        }
+    }
 }
 
-/// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)` with explicit row and column strides.
+/// Elements of the im2col block one tile works on (256 KiB of f32).
+const TILE_ELEMS: usize = 1 << 16;
+
+/// Most partial weight gradients summed at the end of a weight-gradient call; fixed, so that the
+/// summation order (and so the result, bit for bit) does not depend on the number of threads.
+const WEIGHT_GRAD_CHUNKS: usize = 8;
+
+/// A raw pointer that work items on different threads write through, each to its own elements.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+
+// SAFETY: only used for disjoint writes from the work items of one call, which ends before the
+// buffer is read or dropped.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Runs `f(scratch, item)` for items `0..n`, on all threads when `parallel`, each thread with its
+/// own scratch buffer.
+fn for_each_item<T: Float>(n: usize, parallel: bool, f: impl Fn(&mut Vec<T>, usize) + Send + Sync) {
+    if parallel {
+        (0..n).into_par_iter().for_each_init(Vec::new, f);
+    } else {
+        let mut scratch = Vec::new();
+        (0..n).for_each(|i| f(&mut scratch, i));
+    }
+}
+
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) · rhs (k x n)` with explicit row and
+/// column strides.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i·dst_rs + j` for `i < m`, `j < n`, and nothing else may
+/// access those elements during the call; `lhs` and `rhs` must cover the elements their strides
+/// reach.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Float>(
+unsafe fn matmul<T: Float>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
+    dst: *mut T,
+    dst_rs: usize,
     accumulate: bool,
     lhs: &[T],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[T],
     (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: Parallelism,
 ) {
-    debug_assert!(dst.len() >= m * n);
     debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // Threads only pay for themselves on matrices of some size.
-    let parallelism = if m * n * k >= 1 << 18 {
-        Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        Parallelism::None
-    };
     let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
-    // SAFETY: the slices outlive the call and the debug assertions above state the bounds the
-    // strides reach; `dst` does not alias `lhs` or `rhs` (a `&mut` and two `&`).
+    // SAFETY: the caller guarantees `dst`; the debug assertions above state the bounds the
+    // strides reach in `lhs` and `rhs`, which are shared borrows that cannot alias `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
@@ -264,33 +414,154 @@ fn matmul<T: Float>(
 struct Conv2dFwd(Conv2dConfig);
 
 impl Conv2dFwd {
+    /// `y = conv(x, w)`: per (image, group, tile of output rows) one GEMM
+    /// `Y[:, tile] = W_g · im2col(tile)`; 1x1 convolutions read the input in place.
     fn run<T: Float>(geo: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
         let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
         let plane_in = geo.h * geo.w;
         let mut y = vec![T::from_f64(0.0); geo.batch * geo.c_out * n];
-        let mut cols = vec![T::from_f64(0.0); if geo.is_pointwise() { 0 } else { k * n }];
-        for b in 0..geo.batch {
-            for g in 0..geo.cfg.groups {
-                let x_bg = &x[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
-                let cols: &[T] = if geo.is_pointwise() {
-                    x_bg
-                } else {
-                    geo.im2col(x_bg, &mut cols);
-                    &cols
-                };
-                let y_bg = &mut y[(b * geo.c_out + g * og) * n..][..og * n];
+        let y_ptr = SharedMut(y.as_mut_ptr());
+        let parallelism = geo.gemm_parallelism();
+        for_each_item(geo.items(), geo.parallel_items(), |cols: &mut Vec<T>, i| {
+            let (b, g, t) = geo.item(i);
+            let (oy0, oy1) = geo.tile_rows(t);
+            let (n0, tn) = (oy0 * geo.wo, (oy1 - oy0) * geo.wo);
+            let x_bg = &x[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
+            let (rhs, rhs_rs) = if geo.is_pointwise() {
+                (&x_bg[n0..], n)
+            } else {
+                geo.im2col(x_bg, (oy0, oy1), cols);
+                (&cols[..], tn)
+            };
+            // SAFETY: item (b, g, t) alone writes rows `g·og..(g+1)·og` of image b, columns
+            // `n0..n0 + tn`, all inside `y`.
+            unsafe {
                 matmul(
-                    (og, n, k),
-                    y_bg,
+                    (og, tn, k),
+                    y_ptr.get().add((b * geo.c_out + g * og) * n + n0),
+                    n,
                     false,
                     &w[g * og * k..][..og * k],
                     (k, 1),
-                    cols,
-                    (n, 1),
+                    rhs,
+                    (rhs_rs, 1),
+                    parallelism,
                 );
             }
-        }
+        });
         y
+    }
+
+    /// `dx` of `conv(x, w)` given `dy`: a forward convolution of `dy` where stride 1 allows it,
+    /// else `W_gᵀ · dY` per tile scattered back by col2im (one work item per image and group).
+    fn input_grad<T: Float>(geo: &Geometry, gy: &[T], w: &[T]) -> Vec<T> {
+        if let Some(t) = geo.transposed() {
+            return Self::run(&t, gy, &geo.transpose_weights(w));
+        }
+        let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
+        let plane_in = geo.h * geo.w;
+        let mut gx = vec![T::from_f64(0.0); geo.x_dims().iter().product()];
+        let per_image_group = geo.batch * geo.cfg.groups;
+        let parallel = per_image_group >= 2 * rayon::current_num_threads();
+        let parallelism = if parallel {
+            Parallelism::None
+        } else {
+            geo.gemm_parallelism()
+        };
+        let run = |cols: &mut Vec<T>, (bg, gx_bg): (usize, &mut [T])| {
+            let (b, g) = (bg / geo.cfg.groups, bg % geo.cfg.groups);
+            let w_g = &w[g * og * k..][..og * k];
+            for t in 0..geo.tiles() {
+                let (oy0, oy1) = geo.tile_rows(t);
+                let (n0, tn) = (oy0 * geo.wo, (oy1 - oy0) * geo.wo);
+                cols.resize(k * tn, T::from_f64(0.0));
+                // SAFETY: `cols` holds `k x tn` elements and is this item's own buffer.
+                unsafe {
+                    matmul(
+                        (k, tn, og),
+                        cols.as_mut_ptr(),
+                        tn,
+                        false,
+                        w_g,
+                        (1, k),
+                        &gy[(b * geo.c_out + g * og) * n + n0..],
+                        (n, 1),
+                        parallelism,
+                    );
+                }
+                geo.col2im(cols, (oy0, oy1), gx_bg);
+            }
+        };
+        if parallel {
+            gx.par_chunks_mut(cg * plane_in)
+                .enumerate()
+                .for_each_init(Vec::new, run);
+        } else {
+            let mut cols = Vec::new();
+            gx.chunks_mut(cg * plane_in)
+                .enumerate()
+                .for_each(|item| run(&mut cols, item));
+        }
+        gx
+    }
+
+    /// `dw` of `conv(x, w)` given `dy`: `dW_g += dY[:, tile] · im2col(tile)ᵀ` over every work
+    /// item, in at most [`WEIGHT_GRAD_CHUNKS`] partial sums added in a fixed order.
+    fn weight_grad<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
+        let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
+        let plane_in = geo.h * geo.w;
+        let w_len = geo.c_out * k;
+        let items = geo.items();
+        let chunks = if geo.parallel_items() {
+            items.min(WEIGHT_GRAD_CHUNKS)
+        } else {
+            1
+        };
+        let parallelism = geo.gemm_parallelism();
+        let partial = |c: usize| {
+            let mut gw = vec![T::from_f64(0.0); w_len];
+            let mut cols = Vec::new();
+            for i in (c * items / chunks)..((c + 1) * items / chunks) {
+                let (b, g, t) = geo.item(i);
+                let (oy0, oy1) = geo.tile_rows(t);
+                let (n0, tn) = (oy0 * geo.wo, (oy1 - oy0) * geo.wo);
+                let x_bg = &x[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
+                let (rhs, rhs_cs) = if geo.is_pointwise() {
+                    (&x_bg[n0..], n)
+                } else {
+                    geo.im2col(x_bg, (oy0, oy1), &mut cols);
+                    (&cols[..], tn)
+                };
+                // SAFETY: `gw` is this chunk's own buffer; group g's block is `og x k`.
+                unsafe {
+                    matmul(
+                        (og, k, tn),
+                        gw.as_mut_ptr().add(g * og * k),
+                        k,
+                        true,
+                        &gy[(b * geo.c_out + g * og) * n + n0..],
+                        (n, 1),
+                        rhs,
+                        (1, rhs_cs),
+                        parallelism,
+                    );
+                }
+            }
+            gw
+        };
+        let partials: Vec<Vec<T>> = if chunks > 1 {
+            (0..chunks).into_par_iter().map(partial).collect()
+        } else {
+            vec![partial(0)]
+        };
+        let mut partials = partials.into_iter();
+        let mut gw = partials.next().unwrap_or_default();
+        for p in partials {
+            for (a, b) in gw.iter_mut().zip(&p) {
+                *a += *b;
+            }
+        }
+        gw
     }
 }
 
@@ -365,24 +636,7 @@ impl CustomOp2 for Conv2dInputGrad {
         let gx = with_float!(gs, self.name(), |T| {
             let gy = contiguous::<T>(gs, gl, self.name())?;
             let wt = contiguous::<T>(ws, wl, self.name())?;
-            let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
-            let plane_in = geo.h * geo.w;
-            let mut gx = vec![T::from_f64(0.0); geo.x_dims().iter().product()];
-            let mut cols = vec![T::from_f64(0.0); k * n];
-            for b in 0..geo.batch {
-                for g in 0..geo.cfg.groups {
-                    let gy_bg = &gy[(b * geo.c_out + g * og) * n..][..og * n];
-                    let gx_bg = &mut gx[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
-                    let w_g = &wt[g * og * k..][..og * k];
-                    if geo.is_pointwise() {
-                        matmul((k, n, og), gx_bg, false, w_g, (1, k), gy_bg, (n, 1));
-                    } else {
-                        matmul((k, n, og), &mut cols, false, w_g, (1, k), gy_bg, (n, 1));
-                        geo.col2im(&cols, gx_bg);
-                    }
-                }
-            }
-            T::to_cpu_storage_owned(gx)
+            T::to_cpu_storage_owned(Conv2dFwd::input_grad(&geo, gy, wt))
         });
         Ok((gx, Shape::from(geo.x_dims().to_vec())))
     }
@@ -412,25 +666,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         let gw = with_float!(xs, self.name(), |T| {
             let x = contiguous::<T>(xs, xl, self.name())?;
             let gy = contiguous::<T>(gs, gl, self.name())?;
-            let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
-            let plane_in = geo.h * geo.w;
-            let mut gw = vec![T::from_f64(0.0); geo.w_dims().iter().product()];
-            let mut cols = vec![T::from_f64(0.0); if geo.is_pointwise() { 0 } else { k * n }];
-            for b in 0..geo.batch {
-                for g in 0..geo.cfg.groups {
-                    let x_bg = &x[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
-                    let cols: &[T] = if geo.is_pointwise() {
-                        x_bg
-                    } else {
-                        geo.im2col(x_bg, &mut cols);
-                        &cols
-                    };
-                    let gy_bg = &gy[(b * geo.c_out + g * og) * n..][..og * n];
-                    let gw_g = &mut gw[g * og * k..][..og * k];
-                    matmul((og, k, n), gw_g, b > 0, gy_bg, (n, 1), cols, (1, n));
-                }
-            }
-            T::to_cpu_storage_owned(gw)
+            T::to_cpu_storage_owned(Conv2dFwd::weight_grad(&geo, x, gy))
         });
         Ok((gw, Shape::from(geo.w_dims().to_vec())))
     }

@@ -130,6 +130,47 @@ fn conv2d_matches_candle_where_candle_is_right() -> Result<()> {
     Ok(())
 }
 
+/// Shapes large enough to take the tiled, multi-threaded paths (several row tiles per image,
+/// more work items than threads, the transposed-convolution input gradient and the col2im one):
+/// forward and both gradients against candle's convolution, which is right (if slow) on these.
+#[test]
+fn conv2d_tiled_paths_match_candle_with_gradients() -> Result<()> {
+    let cases = [
+        // (x dims, w dims, stride, padding, dilation, groups)
+        ([2, 32, 48, 40], [24, 32, 3, 3], 1, 1, 1, 1),
+        ([2, 64, 40, 40], [64, 2, 3, 3], 1, 1, 1, 32),
+        ([2, 32, 40, 40], [16, 32, 3, 3], 2, 1, 1, 1),
+        ([1, 16, 50, 50], [8, 16, 3, 3], 1, 5, 5, 1),
+        ([2, 48, 30, 30], [40, 48, 1, 1], 1, 0, 1, 1),
+        ([3, 16, 34, 34], [16, 16, 1, 1], 2, 0, 1, 1),
+    ];
+    for (i, (xd, wd, stride, padding, dilation, groups)) in cases.into_iter().enumerate() {
+        let x = Var::from_tensor(&pseudo_random(&xd, 10 + i as u64)?)?;
+        let w = Var::from_tensor(&pseudo_random(&wd, 20 + i as u64)?)?;
+        let cfg = Conv2dConfig::square(stride, padding, dilation, groups);
+        let ours = conv2d(&x, &w, cfg)?;
+        let theirs = x.conv2d(&w, padding, stride, dilation, groups)?;
+        let r = pseudo_random(ours.dims(), 30)?;
+        let g_ours = (&ours * &r)?.sum_all()?.backward()?;
+        let g_theirs = (&theirs * &r)?.sum_all()?.backward()?;
+        let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        assert!(
+            max_abs_diff(&ours, &theirs)? < 1e-5 * scale,
+            "case {i}: forward"
+        );
+        for (name, v) in [("input", &x), ("weight", &w)] {
+            let (a, b) = (g_ours.get(v).unwrap(), g_theirs.get(v).unwrap());
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+            let diff = max_abs_diff(a, b)?;
+            assert!(
+                diff < 1e-5 * scale,
+                "case {i}: {name} gradient differs by {diff} (scale {scale})"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn conv2d_rejects_bad_shapes() -> Result<()> {
     let x = pseudo_random(&[1, 6, 5, 5], 1)?;

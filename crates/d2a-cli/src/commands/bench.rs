@@ -1,0 +1,170 @@
+//! `d2a bench`: times a model's forward pass or training step on the CPU and reports the median,
+//! minimum and maximum seconds after a warm-up, and the process's peak resident memory.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use d2a_model::checkpoint::trainable_vars;
+use d2a_model::init::seeded_var_builder;
+use d2a_model::{Config, D2AUNet};
+use d2a_train::loss::dice_bce;
+use d2a_train::optim::{Adam, AdamConfig};
+use serde::Serialize;
+
+/// What one benchmark run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Inference: eval-mode forward pass.
+    Forward,
+    /// One training step: forward, Dice + BCE, backward, Adam update.
+    Train,
+}
+
+/// Arguments of `d2a bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model preset.
+    #[arg(long, default_value = "d2a-vgg-tiny")]
+    pub model: String,
+    /// Input side in pixels (square, one channel).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Forward pass or training step.
+    #[arg(long, value_enum, default_value_t = Mode::Forward)]
+    pub mode: Mode,
+    /// Timed runs after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The figures `d2a bench` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model preset.
+    pub model: String,
+    /// Forward or train.
+    pub mode: Mode,
+    /// Batch size.
+    pub batch: usize,
+    /// Input side.
+    pub size: usize,
+    /// Timed runs.
+    pub runs: usize,
+    /// Median seconds per run.
+    pub median_s: f64,
+    /// Fastest run.
+    pub min_s: f64,
+    /// Slowest run.
+    pub max_s: f64,
+    /// Peak resident memory of the process in MiB (Linux `VmHWM`), if known.
+    pub peak_rss_mib: Option<f64>,
+    /// Threads used by the kernels.
+    pub threads: usize,
+}
+
+impl Args {
+    /// Runs the benchmark and prints the report.
+    pub fn run(self) -> Result<()> {
+        let report = self.measure()?;
+        if self.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{} {:?} batch {} x 1 x {}²: median {:.4} s, min {:.4} s, max {:.4} s over {} runs; peak RSS {}; {} threads",
+                report.model,
+                report.mode,
+                report.batch,
+                report.size,
+                report.median_s,
+                report.min_s,
+                report.max_s,
+                report.runs,
+                report
+                    .peak_rss_mib
+                    .map_or("unknown".into(), |m| format!("{m:.0} MiB")),
+                report.threads
+            );
+        }
+        Ok(())
+    }
+
+    /// Times `runs` runs after one warm-up.
+    pub fn measure(&self) -> Result<BenchReport> {
+        let cfg = Config::by_name(&self.model).with_context(|| {
+            format!(
+                "unknown model {:?}; known: {}",
+                self.model,
+                Config::NAMES.join(", ")
+            )
+        })?;
+        let multiple = cfg.size_multiple();
+        if self.size == 0
+            || !self.size.is_multiple_of(multiple)
+            || self.batch == 0
+            || self.runs == 0
+        {
+            bail!(
+                "--size must be a positive multiple of {multiple} for {}, --batch and --runs positive",
+                self.model
+            )
+        }
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let model = D2AUNet::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &dev))?;
+        let shape = (self.batch, 1, self.size, self.size);
+        let x = Tensor::randn(0f32, 1f32, shape, &dev)?;
+        let y = Tensor::rand(0f32, 1f32, shape, &dev)?
+            .ge(0.7)?
+            .to_dtype(DType::F32)?;
+        let vars = trainable_vars(&varmap)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let mut opt = Adam::new(vars, AdamConfig::paper())?;
+        let mut once = || -> Result<f64> {
+            let start = Instant::now();
+            match self.mode {
+                Mode::Forward => {
+                    model.forward_t(&x, false)?;
+                }
+                Mode::Train => {
+                    let loss = dice_bce(&model.forward_t(&x, true)?, &y, 1.0)?;
+                    opt.backward_step(&loss)?;
+                }
+            }
+            Ok(start.elapsed().as_secs_f64())
+        };
+        once()?;
+        let mut times = (0..self.runs).map(|_| once()).collect::<Result<Vec<_>>>()?;
+        times.sort_by(f64::total_cmp);
+        Ok(BenchReport {
+            model: self.model.clone(),
+            mode: self.mode,
+            batch: self.batch,
+            size: self.size,
+            runs: self.runs,
+            median_s: times[times.len() / 2],
+            min_s: times[0],
+            max_s: times[times.len() - 1],
+            peak_rss_mib: peak_rss_mib(),
+            threads: rayon::current_num_threads(),
+        })
+    }
+}
+
+/// Peak resident set size of this process in MiB, from `/proc/self/status` (Linux only).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
