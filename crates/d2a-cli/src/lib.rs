@@ -43,7 +43,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EvalMasks(args) => args.run(),
         Command::Info(args) => args.run(),
         Command::Prepare(args) => args.run(),
-        Command::Train(args) => args.run(),
+        Command::Train(mut args) => {
+            args.quiet = cli.quiet;
+            args.run()
+        }
     }
 }
 

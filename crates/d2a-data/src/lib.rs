@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod augment;
+pub mod dataset;
 mod error;
 pub mod loader;
 pub mod prepared;

@@ -170,8 +170,34 @@ pub fn load_exact(
 /// Saves every variable of `varmap` (weights and BatchNorm statistics) as safetensors, through a
 /// temporary file so that an interrupted save never leaves a truncated checkpoint.
 pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.partial");
-    varmap.save(&tmp)?;
+    let tensors = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("the model's VarMap lock is poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect::<Vec<_>>();
+    save_tensors(&tensors, &HashMap::new(), path)
+}
+
+/// Writes `tensors` and string `metadata` as one safetensors file, atomically: to
+/// `<path>.partial`, then renamed over `path`.
+pub fn save_tensors(
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    let cpu = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = (!metadata.is_empty()).then(|| metadata.clone());
+    safetensors::serialize_to_file(cpu, metadata, &tmp).map_err(|e| {
+        Error::Invalid(format!("cannot write checkpoint {}: {e}", tmp.display()))
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         Error::Invalid(format!(
             "cannot move {} to {}: {e}",
@@ -180,4 +206,37 @@ pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
         ))
     })?;
     Ok(())
+}
+
+/// The string metadata of a safetensors file's header (empty if it has none), read without
+/// loading the tensors.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let wrap = |e: String| Error::ReadCheckpoint {
+        path: path.to_path_buf(),
+        source: candle_core::Error::Msg(e),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| wrap(e.to_string()))?;
+    let mut len = [0u8; 8];
+    std::io::Read::read_exact(&mut file, &mut len)
+        .map_err(|e| wrap(format!("no safetensors header ({e})")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(wrap(format!(
+            "a header of {len} bytes is not safetensors"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    std::io::Read::read_exact(&mut file, &mut header)
+        .map_err(|e| wrap(format!("truncated safetensors header ({e})")))?;
+    let value: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| wrap(format!("corrupt safetensors header ({e})")))?;
+    Ok(value
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -3,11 +3,11 @@
 //! Parameter names follow PyTorch (`weight`, `bias`, `running_mean`, `running_var`) so that
 //! `state_dict` checkpoints load without renaming.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
 
 use crate::cost::{Cost, Shape4};
-use crate::ops::{Conv2dConfig, conv2d};
+use crate::ops::{BnStats, Conv2dConfig, batch_norm_act, conv2d};
 
 /// A 2-D convolution layer on [`conv2d`], square kernel.
 #[derive(Debug, Clone)]
@@ -84,18 +84,72 @@ impl Module for Conv2d {
     }
 }
 
-/// BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1, affine, running statistics).
-pub fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    candle_nn::batch_norm(
-        c,
-        BatchNormConfig {
+/// BatchNorm over `[B, C, H, W]` with PyTorch's defaults (eps 1e-5, momentum 0.1, affine,
+/// running statistics with the unbiased batch variance), on the fused [`batch_norm_act`] kernel.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// `c` channels; `weight`, `bias`, `running_mean`, `running_var` under `vb`.
+    pub fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        let running_mean = vb.get_with_hints(c, "running_mean", Init::Const(0.))?;
+        let running_var = vb.get_with_hints(c, "running_var", Init::Const(1.))?;
+        Ok(Self {
+            weight: vb.get_with_hints(c, "weight", Init::Const(1.))?,
+            bias: vb.get_with_hints(c, "bias", Init::Const(0.))?,
+            // Variables of the VarMap: these share its storage, so updates reach checkpoints.
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
             eps: 1e-5,
-            remove_mean: true,
-            affine: true,
             momentum: 0.1,
-        },
-        vb,
-    )
+        })
+    }
+
+    /// Normalises `x` (batch statistics when `train`, updating the running ones; else the
+    /// running statistics), then applies ReLU if `relu`.
+    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !train {
+            let running = BnStats {
+                mean: self.running_mean.as_tensor().to_dtype(DType::F64)?.to_vec1()?,
+                var: self.running_var.as_tensor().to_dtype(DType::F64)?.to_vec1()?,
+                count: 0,
+            };
+            return Ok(batch_norm_act(x, &self.weight, &self.bias, Some(running), self.eps, relu)?.0);
+        }
+        let (y, stats) = batch_norm_act(x, &self.weight, &self.bias, None, self.eps, relu)?;
+        let Some(stats) = stats else {
+            candle_core::bail!("batch_norm: the kernel returned no batch statistics")
+        };
+        let m = self.momentum;
+        let n = stats.count as f64;
+        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let update = |var: &Var, batch: Vec<f64>| -> Result<()> {
+            let old = var.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let new: Vec<f64> = old.iter().zip(batch).map(|(o, b)| (1.0 - m) * o + m * b).collect();
+            var.set(&Tensor::new(new, var.device())?.to_dtype(var.dtype())?)
+        };
+        update(&self.running_mean, stats.mean)?;
+        update(&self.running_var, stats.var.iter().map(|v| v * unbias).collect())?;
+        Ok(y)
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+}
+
+/// BatchNorm with PyTorch's defaults (see [`BatchNorm2d`]).
+pub fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
+    BatchNorm2d::new(c, vb)
 }
 
 /// Convolution without bias, then BatchNorm, then ReLU if `relu`: the repeated unit of every
@@ -103,7 +157,7 @@ pub fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
 #[derive(Debug, Clone)]
 pub struct ConvBn {
     conv: Conv2d,
-    bn: BatchNorm,
+    bn: BatchNorm2d,
     relu: bool,
 }
 
@@ -153,7 +207,6 @@ impl ConvBn {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        if self.relu { y.relu() } else { Ok(y) }
+        self.bn.forward_act(&self.conv.forward(x)?, train, self.relu)
     }
 }

@@ -2,32 +2,39 @@
 
 use std::time::Instant;
 
-use candle_core::{Result, Var, bail};
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Result, Tensor, Var, bail};
+use candle_nn::VarMap;
 use d2a_data::Slice;
 use d2a_data::loader::Loader;
 use d2a_metrics::{Confusion, Summary, confusions_from_tensors};
 use d2a_model::D2AUNet;
+use d2a_model::checkpoint::{load_exact, read_metadata, read_tensors, save_tensors, trainable_vars};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::loss::dice_bce;
 use crate::optim::{Adam, AdamConfig};
+use crate::schedule::{PlateauConfig, ReduceOnPlateau};
 
 /// What [`fit`] does.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FitConfig {
     /// Passes over the training set.
     pub epochs: usize,
     /// Optimiser settings.
-    #[serde(skip)]
     pub adam: AdamConfig,
     /// Weight of BCE in the loss (λ, 1 in the paper).
     pub lambda: f64,
+    /// Reduce-on-plateau of the learning rate on the validation loss.
+    pub plateau: PlateauConfig,
 }
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// 1-based epoch.
     pub epoch: usize,
@@ -39,7 +46,11 @@ pub struct EpochRecord {
     pub val_dice: f64,
     /// Validation Dice over summed counts.
     pub val_dice_global: f64,
-    /// Learning rate used.
+    /// Validation recall, mean over slices.
+    pub val_recall: f64,
+    /// Validation pixel error, mean over slices.
+    pub val_pixel_error: f64,
+    /// Learning rate used during the epoch.
     pub lr: f64,
     /// Seconds the epoch took, validation included.
     pub seconds: f64,
@@ -91,28 +102,102 @@ pub fn evaluate(model: &D2AUNet, loader: &Loader, lambda: f64) -> Result<(f64, S
     Ok((loss_sum / n_batches.max(1) as f64, summary))
 }
 
-/// Trains `model` (whose trainable variables are `vars`) for `cfg.epochs`, validating after each
-/// epoch and handing each record to `on_epoch` (to log or checkpoint). A NaN or infinite loss
-/// stops training with an error.
-pub fn fit(
-    model: &D2AUNet,
-    vars: Vec<Var>,
-    train: &Loader,
-    val: &Loader,
-    cfg: &FitConfig,
-    mut on_epoch: impl FnMut(&EpochRecord) -> Result<()>,
-) -> Result<Vec<EpochRecord>> {
-    let mut opt = Adam::new(vars, cfg.adam)?;
-    let mut records = Vec::with_capacity(cfg.epochs);
-    for epoch in 1..=cfg.epochs {
+/// Everything of a training run that is not a model variable: where it stands, the schedule,
+/// and the history. Saved with every checkpoint, so that a resumed run continues exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Adam steps taken.
+    pub adam_step: i32,
+    /// Learning rate for the next epoch.
+    pub lr: f64,
+    /// The plateau scheduler.
+    pub plateau: ReduceOnPlateau,
+    /// One record per completed epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+impl TrainState {
+    /// The epoch with the best validation Dice (mean over slices), if any.
+    pub fn best(&self) -> Option<&EpochRecord> {
+        self.history
+            .iter()
+            .max_by(|a, b| a.val_dice.total_cmp(&b.val_dice).then(b.epoch.cmp(&a.epoch)))
+    }
+}
+
+/// A model in training: its variables, the optimiser and the [`TrainState`].
+///
+/// The data order and every augmentation are functions of the loader's seed and the epoch
+/// number, so a trainer restored from a checkpoint after epoch `e` continues bit for bit as the
+/// uninterrupted run would have.
+pub struct Trainer {
+    model: D2AUNet,
+    varmap: VarMap,
+    names: Vec<String>,
+    opt: Adam,
+    cfg: FitConfig,
+    /// Where training stands.
+    pub state: TrainState,
+}
+
+/// Key prefixes of the optimiser moments in a training checkpoint.
+const MOMENT_PREFIXES: [&str; 2] = ["optim.m.", "optim.v."];
+
+/// The metadata key holding the [`TrainState`] as JSON.
+pub const STATE_KEY: &str = "d2a.train_state";
+
+impl Trainer {
+    /// A trainer for `model`, built over `varmap`, with fresh optimiser state.
+    pub fn new(model: D2AUNet, varmap: VarMap, cfg: FitConfig) -> Result<Self> {
+        let (names, vars): (Vec<String>, Vec<Var>) = trainable_vars(&varmap).into_iter().unzip();
+        let opt = Adam::new(vars, cfg.adam)?;
+        Ok(Self {
+            model,
+            varmap,
+            names,
+            opt,
+            state: TrainState {
+                epoch: 0,
+                adam_step: 0,
+                lr: cfg.adam.lr,
+                plateau: ReduceOnPlateau::new(cfg.plateau),
+                history: Vec::new(),
+            },
+            cfg,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &D2AUNet {
+        &self.model
+    }
+
+    /// The model's variables (weights and BatchNorm statistics).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Trains one epoch and validates; `on_batch(done, total, loss)` is called after every
+    /// batch. A NaN or infinite loss is an error, raised before the update that would spread it.
+    pub fn run_epoch(
+        &mut self,
+        train: &Loader,
+        val: &Loader,
+        mut on_batch: impl FnMut(usize, usize, f64),
+    ) -> Result<EpochRecord> {
         let start = Instant::now();
+        let epoch = self.state.epoch + 1;
+        self.opt.cfg.lr = self.state.lr;
         let (mut loss_sum, mut n) = (0.0, 0);
+        let total = train.n_batches();
         for batch in train.epoch(epoch as u64) {
             let batch = batch.map_err(candle_core::Error::wrap)?;
             let loss = dice_bce(
-                &model.forward_t(&batch.images, true)?,
+                &self.model.forward_t(&batch.images, true)?,
                 &batch.masks,
-                cfg.lambda,
+                self.cfg.lambda,
             )?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
@@ -121,24 +206,119 @@ pub fn fit(
                     n + 1
                 );
             }
-            opt.backward_step(&loss)?;
+            self.opt.backward_step(&loss)?;
             loss_sum += value;
             n += 1;
+            on_batch(n, total, value);
         }
-        let (val_loss, summary) = evaluate(model, val, cfg.lambda)?;
+        let (val_loss, summary) = evaluate(&self.model, val, self.cfg.lambda)?;
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / n.max(1) as f64,
             val_loss,
             val_dice: summary.per_slice_mean.dice,
             val_dice_global: summary.global.dice,
-            lr: opt.cfg.lr,
+            val_recall: summary.per_slice_mean.recall,
+            val_pixel_error: summary.per_slice_mean.pixel_error,
+            lr: self.state.lr,
             seconds: start.elapsed().as_secs_f64(),
         };
-        on_epoch(&record)?;
-        records.push(record);
+        self.state.epoch = epoch;
+        self.state.adam_step = self.opt.steps();
+        self.state.lr = self.state.plateau.step(val_loss, self.state.lr);
+        self.state.history.push(record.clone());
+        Ok(record)
     }
-    Ok(records)
+
+    /// Saves weights, BatchNorm statistics, optimiser moments and the [`TrainState`] (plus the
+    /// caller's `metadata`) to `path`, atomically.
+    pub fn save_checkpoint(&self, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {
+        let mut tensors = self.weights()?;
+        let (m, v) = self.opt.moments();
+        for (prefix, moments) in MOMENT_PREFIXES.iter().zip([m, v]) {
+            for (name, t) in self.names.iter().zip(moments) {
+                tensors.push((format!("{prefix}{name}"), t.clone()));
+            }
+        }
+        let mut metadata = metadata.clone();
+        metadata.insert(
+            STATE_KEY.into(),
+            serde_json::to_string(&self.state).map_err(candle_core::Error::wrap)?,
+        );
+        save_tensors(&tensors, &metadata, path).map_err(candle_core::Error::wrap)
+    }
+
+    /// Saves the weights and BatchNorm statistics only (what evaluation needs), atomically.
+    pub fn save_weights(&self, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {
+        save_tensors(&self.weights()?, metadata, path).map_err(candle_core::Error::wrap)
+    }
+
+    fn weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the model's VarMap lock is poisoned".into()))?;
+        let mut tensors: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tensors)
+    }
+
+    /// Restores everything [`Trainer::save_checkpoint`] wrote to `path`. The file must fit the
+    /// model exactly and hold the optimiser moments and the state.
+    pub fn restore(&mut self, path: &Path) -> Result<()> {
+        let wrap = candle_core::Error::wrap;
+        let metadata = read_metadata(path).map_err(wrap)?;
+        let Some(state) = metadata.get(STATE_KEY) else {
+            bail!(
+                "{} holds no training state (it is a weights-only checkpoint); cannot resume from it",
+                path.display()
+            )
+        };
+        let state: TrainState = serde_json::from_str(state).map_err(|e| {
+            candle_core::Error::Msg(format!("corrupt training state in {}: {e}", path.display()))
+        })?;
+        load_exact(&self.varmap, path, "", &MOMENT_PREFIXES).map_err(wrap)?;
+        let tensors = read_tensors(path).map_err(wrap)?;
+        let moments = |prefix: &str| -> Result<Vec<Tensor>> {
+            self.names
+                .iter()
+                .map(|name| {
+                    tensors.get(&format!("{prefix}{name}")).cloned().ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "{} lacks the optimiser moment {prefix}{name}",
+                            path.display()
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let (m, v) = (moments(MOMENT_PREFIXES[0])?, moments(MOMENT_PREFIXES[1])?);
+        self.opt.set_moments(m, v, state.adam_step)?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+/// Trains `model` (built over `varmap`) for `cfg.epochs`, validating after each epoch and
+/// handing each record to `on_epoch`. A NaN or infinite loss stops training with an error.
+pub fn fit(
+    model: D2AUNet,
+    varmap: VarMap,
+    train: &Loader,
+    val: &Loader,
+    cfg: &FitConfig,
+    mut on_epoch: impl FnMut(&Trainer, &EpochRecord) -> Result<()>,
+) -> Result<Trainer> {
+    let mut trainer = Trainer::new(model, varmap, *cfg)?;
+    while trainer.state.epoch < cfg.epochs {
+        let record = trainer.run_epoch(train, val, |_, _, _| {})?;
+        on_epoch(&trainer, &record)?;
+    }
+    Ok(trainer)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 /// Hyper-parameters of [`Adam`] (SPEC §4 defaults).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     /// Learning rate.
     pub lr: f64,
@@ -71,18 +71,59 @@ impl Adam {
         let bias2 = 1.0 - c.beta2.powi(self.step);
         for ((var, m), v) in self.vars.iter().zip(&mut self.m).zip(&mut self.v) {
             let Some(g) = grads.get(var) else { continue };
+            // Detached: gradients and the variable's own tensor carry autograd history, and
+            // moments built from them would chain every step's graph to the next (a leak of
+            // the whole forward pass per step).
+            let theta = var.as_tensor().detach();
+            let g = g.detach();
             let g = if c.weight_decay != 0.0 {
-                (g + (var.as_tensor() * c.weight_decay)?)?
+                (g + (&theta * c.weight_decay)?)?
             } else {
-                g.clone()
+                g
             };
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let m_hat = (&*m / bias1)?;
             let v_hat = (&*v / bias2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            var.set(&(var.as_tensor() - (update * c.lr)?)?)?;
+            var.set(&(theta - (update * c.lr)?)?)?;
         }
+        Ok(())
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> i32 {
+        self.step
+    }
+
+    /// The first and second moments, one per variable in order.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Replaces the moments and the step count (to resume); shapes must match the variables.
+    pub fn set_moments(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, step: i32) -> Result<()> {
+        if m.len() != self.vars.len() || v.len() != self.vars.len() {
+            candle_core::bail!(
+                "Adam state has {} and {} moments for {} variables",
+                m.len(),
+                v.len(),
+                self.vars.len()
+            )
+        }
+        for ((var, m), v) in self.vars.iter().zip(&m).zip(&v) {
+            if m.dims() != var.dims() || v.dims() != var.dims() {
+                candle_core::bail!(
+                    "Adam moments of shape {:?} and {:?} for a variable of shape {:?}",
+                    m.dims(),
+                    v.dims(),
+                    var.dims()
+                )
+            }
+        }
+        self.m = m;
+        self.v = v;
+        self.step = step;
         Ok(())
     }
 
@@ -98,6 +139,21 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+
+    /// The moments must not hold autograd history: each step would otherwise keep the previous
+    /// step's whole graph alive (it leaked about 95 MB per step of `d2a-vgg-tiny`).
+    #[test]
+    fn moments_carry_no_graph() -> Result<()> {
+        let theta = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
+        let mut opt = Adam::new(vec![theta.clone()], AdamConfig::paper())?;
+        for _ in 0..3 {
+            let loss = (theta.as_tensor().sqr()? * theta.as_tensor())?.sum_all()?;
+            opt.backward_step(&loss)?;
+        }
+        let (m, v) = opt.moments();
+        assert!(m.iter().chain(v).all(|t| !t.track_op()));
+        Ok(())
+    }
 
     #[test]
     fn two_steps_by_hand_with_weight_decay() -> Result<()> {

@@ -1,169 +1,366 @@
-//! `d2a train`: today the embedded default, `d2a-vgg-tiny` on synthetic CT phantoms on the CPU,
-//! writing a run folder. Training on real data (`--train`, `--test`, `--model`) lands with the
-//! training issue.
+//! `d2a train`: with no arguments, `d2a-vgg-tiny` on synthetic CT phantoms on the CPU (the first
+//! thing a new user runs); with `--train DATA`, the paper's protocol on real data. Everything goes
+//! to a run folder (see `d2a_train::run`); `--resume` continues one, `--repeats` runs several seeds.
 
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
-use candle_nn::VarMap;
-use d2a_data::augment::AugmentConfig;
-use d2a_data::loader::{Loader, LoaderConfig};
-use d2a_model::checkpoint::{save, trainable_vars};
-use d2a_model::init::seeded_var_builder;
-use d2a_model::{Config, D2AUNet};
-use d2a_train::fit::{FitConfig, fit, split_by_volume};
+use anyhow::{Context, Result, anyhow, bail};
+use d2a_metrics::Scores;
+use d2a_train::fit::{EpochRecord, FitConfig};
 use d2a_train::optim::AdamConfig;
-use serde_json::json;
+use d2a_train::run::{Existing, Observer, RunConfig, RunOutcome, TrainData, run, write_atomic};
+use d2a_train::schedule::PlateauConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 /// Arguments of `d2a train`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Epochs over the synthetic training set.
-    #[arg(long, default_value_t = 8)]
-    pub epochs: usize,
-    /// Phantoms to generate (8 per synthetic volume; 2 volumes go to validation).
-    #[arg(long, default_value_t = 96)]
-    pub slices: usize,
-    /// Side of the phantoms and of the training crops.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
-    /// Slices per batch.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    /// Learning rate (Adam).
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    /// Seed of the phantoms, the split, the initialisation and the augmentation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Run folder (default: runs/synthetic-<seed>-<unix time>).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Training data (not built yet: see the training issue).
+    /// Training data: a prepared folder or a dataset folder (images/ + masks/). Without it,
+    /// synthetic phantoms.
     #[arg(long, value_name = "DATA")]
     pub train: Option<PathBuf>,
+    /// Test data, scored once at the end with the best-on-validation weights.
+    #[arg(long, value_name = "DATA")]
+    pub test: Option<PathBuf>,
+    /// Model preset: d2a-resnext50, d2a-vgg, d2a-vgg-tiny.
+    #[arg(long, default_value = "d2a-vgg-tiny")]
+    pub model: String,
+    /// Epochs [default: 30 on real data, 12 on phantoms].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Slices per batch [default: 6 on real data, 4 on phantoms].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Side of the training crops and of the model input [default: 448 on real data, 64 on
+    /// phantoms].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Initial learning rate (Adam) [default: 1e-4 on real data, 3e-3 on phantoms].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// L2 weight decay added to the gradient.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Epochs without improvement of the validation loss before the learning rate drops tenfold.
+    #[arg(long, default_value_t = 10)]
+    pub patience: usize,
+    /// Least fraction of the training slices held out (whole volumes) for validation.
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Synthetic phantoms to generate (8 per synthetic volume).
+    #[arg(long, default_value_t = 96)]
+    pub slices: usize,
+    /// Seed of the split, initialisation, order and augmentation (and of the phantoms).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Runs with seeds seed, seed+1, ...; reports mean ± std of every metric.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    /// Run folder [default: runs/<model>-<data>-<seed>-<unix time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (its config.json is used).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["train", "out", "repeats", "force"])]
+    pub resume: Option<PathBuf>,
+    /// Replace a run already in the output folder.
+    #[arg(long)]
+    pub force: bool,
+    /// Print only results and errors.
+    #[arg(skip)]
+    pub quiet: bool,
+}
+
+/// Mean and standard deviation over repeats.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct MeanStd {
+    mean: f64,
+    std: f64,
+}
+
+impl MeanStd {
+    /// Sample standard deviation (n − 1), 0 for one value.
+    fn of(values: &[f64]) -> Self {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = if values.len() > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Self {
+            mean,
+            std: var.sqrt(),
+        }
+    }
 }
 
 impl Args {
     /// Trains and reports.
     pub fn run(self) -> Result<()> {
-        if let Some(data) = &self.train {
-            bail!(
-                "training on {} is not built yet: today `d2a train` trains on synthetic phantoms only",
-                data.display()
-            )
-        }
-        if self.size == 0
-            || !self.size.is_multiple_of(16)
-            || self.slices < 16
-            || self.batch == 0
-            || self.epochs == 0
-        {
-            bail!(
-                "--size must be a positive multiple of 16, --slices at least 16, --batch and --epochs positive"
-            )
-        }
         let start = Instant::now();
-        let out = self.out.clone().unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            PathBuf::from(format!("runs/synthetic-{}-{now}", self.seed))
-        });
-        std::fs::create_dir_all(&out)
-            .with_context(|| format!("creating the run folder {}", out.display()))?;
-        let slices = d2a_data::synthetic::phantoms(
-            self.slices,
-            self.size,
-            self.seed.wrapping_mul(1_000_003),
-        );
-        let (train, val) = split_by_volume(slices, 0.15, self.seed);
-        println!(
-            "d2a train: d2a-vgg-tiny on {} synthetic phantoms ({} train, {} validation) of {}x{}, CPU",
-            self.slices,
-            train.len(),
-            val.len(),
-            self.size,
-            self.size
-        );
-        let cfg = Config::tiny();
-        let varmap = VarMap::new();
-        let model = D2AUNet::new(
-            &cfg,
-            seeded_var_builder(&varmap, self.seed, DType::F32, &Device::Cpu),
-        )?;
-        let vars = trainable_vars(&varmap)
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        // Crops of the full size after resizing by the paper's 560/448.
-        let augment = AugmentConfig::for_crop(self.size);
-        let train_loader = Loader::new(train, LoaderConfig::train(self.batch, self.seed, augment))?;
-        let val_loader = Loader::new(val, LoaderConfig::eval(self.batch))?;
-        let fit_cfg = FitConfig {
-            epochs: self.epochs,
-            adam: AdamConfig {
-                lr: self.lr,
-                ..AdamConfig::paper()
-            },
-            lambda: 1.0,
+        let mut observer = Console::new(self.quiet);
+        if let Some(dir) = &self.resume {
+            let outcome = run(
+                &self.config(self.seed)?,
+                dir,
+                Existing::Resume,
+                &mut observer,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+            observer.done();
+            report(&outcome, start);
+            return Ok(());
+        }
+        let existing = if self.force {
+            Existing::Overwrite
+        } else {
+            Existing::Refuse
         };
-        let config = json!({
-            "model": "d2a-vgg-tiny", "data": "synthetic", "slices": self.slices, "size": self.size,
-            "batch": self.batch, "epochs": self.epochs, "lr": self.lr, "weight_decay": fit_cfg.adam.weight_decay,
-            "lambda": fit_cfg.lambda, "seed": self.seed, "augment": format!("{augment:?}"),
-        });
-        std::fs::write(
-            out.join("config.json"),
-            serde_json::to_string_pretty(&config)? + "\n",
-        )
-        .with_context(|| format!("writing {}", out.join("config.json").display()))?;
-        let metrics_path = out.join("metrics.jsonl");
-        let mut metrics = std::fs::File::create(&metrics_path)
-            .with_context(|| format!("creating {}", metrics_path.display()))?;
-        let (last, best) = (out.join("last.safetensors"), out.join("best.safetensors"));
-        let mut best_dice = f64::NEG_INFINITY;
-        let records = fit(&model, vars, &train_loader, &val_loader, &fit_cfg, |r| {
+        if self.repeats == 0 {
+            bail!("--repeats must be at least 1")
+        }
+        let base = self.out.clone().unwrap_or_else(|| self.default_out());
+        let mut outcomes = Vec::new();
+        for r in 0..self.repeats {
+            let seed = self.seed + r as u64;
+            let dir = if self.repeats == 1 {
+                base.clone()
+            } else {
+                base.join(format!("seed-{seed}"))
+            };
+            let cfg = self.config(seed)?;
+            if !self.quiet {
+                println!(
+                    "d2a train: {} on {}, {} epochs, batch {}, {}x{} crops, lr {:e}, seed {seed}, CPU -> {}",
+                    cfg.model,
+                    describe(&cfg.train),
+                    cfg.fit.epochs,
+                    cfg.batch,
+                    cfg.size,
+                    cfg.size,
+                    cfg.fit.adam.lr,
+                    dir.display()
+                );
+            }
+            let outcome =
+                run(&cfg, &dir, existing, &mut observer).map_err(|e| anyhow!("{e}"))?;
+            observer.done();
+            report(&outcome, start);
+            outcomes.push(outcome);
+        }
+        if self.repeats > 1 {
+            summarise(&outcomes, &base.join("summary.json"))?;
+        }
+        Ok(())
+    }
+
+    fn is_synthetic(&self) -> bool {
+        self.train.is_none()
+    }
+
+    /// The run configuration for `seed`, with the defaults of the data kind filled in.
+    fn config(&self, seed: u64) -> Result<RunConfig> {
+        let synthetic = self.is_synthetic();
+        let pick = |given: Option<usize>, real: usize, phantoms: usize| {
+            given.unwrap_or(if synthetic { phantoms } else { real })
+        };
+        let size = pick(self.size, 448, 64);
+        let train = match &self.train {
+            None => TrainData::Synthetic {
+                slices: self.slices,
+                size,
+            },
+            Some(path) => TrainData::Folder { path: path.clone() },
+        };
+        let lr = self.lr.unwrap_or(if synthetic { 3e-3 } else { 1e-4 });
+        Ok(RunConfig {
+            model: self.model.clone(),
+            train,
+            test: self.test.clone(),
+            size,
+            batch: pick(self.batch, 6, 4),
+            seed,
+            val_fraction: self.val_fraction,
+            fit: FitConfig {
+                epochs: pick(self.epochs, 30, 12),
+                adam: AdamConfig {
+                    lr,
+                    weight_decay: self.weight_decay,
+                    ..AdamConfig::paper()
+                },
+                lambda: 1.0,
+                plateau: PlateauConfig {
+                    patience: self.patience,
+                    ..PlateauConfig::paper()
+                },
+            },
+        })
+    }
+
+    fn default_out(&self) -> PathBuf {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let data = match &self.train {
+            None => "synthetic".to_string(),
+            Some(p) => p
+                .file_name()
+                .map_or("data".into(), |n| n.to_string_lossy().to_string()),
+        };
+        PathBuf::from(format!("runs/{}-{data}-{}-{now}", self.model, self.seed))
+    }
+}
+
+fn describe(data: &TrainData) -> String {
+    match data {
+        TrainData::Synthetic { slices, size } => {
+            format!("{slices} synthetic phantoms of {size}x{size}")
+        }
+        TrainData::Folder { path } => path.display().to_string(),
+    }
+}
+
+fn report(outcome: &RunOutcome, start: Instant) {
+    let last = outcome.history.last();
+    let b = &outcome.best;
+    println!(
+        "validation Dice {:.4} (per-slice mean), {:.4} (global) after {} epochs; best {:.4} at epoch {}; {} train / {} validation slices; {:.0} s",
+        last.map_or(f64::NAN, |r| r.val_dice),
+        last.map_or(f64::NAN, |r| r.val_dice_global),
+        outcome.history.len(),
+        b.val_dice,
+        b.epoch,
+        outcome.counts.0,
+        outcome.counts.1,
+        start.elapsed().as_secs_f64()
+    );
+    if let Some(test) = &outcome.test {
+        println!(
+            "test ({} slices, scored once with the epoch-{} weights): Dice {:.4} (global {:.4}), recall {:.4}, pixel error {:.4}",
+            test.n_slices,
+            b.epoch,
+            test.per_slice_mean.dice,
+            test.global.dice,
+            test.per_slice_mean.recall,
+            test.per_slice_mean.pixel_error
+        );
+    }
+    println!(
+        "run folder: {} (config.json, metrics.jsonl, curves.png, last.safetensors, best.safetensors{})",
+        outcome.dir.display(),
+        if outcome.test.is_some() {
+            ", test.json"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Writes and prints mean ± std over the repeats of the best validation epoch's metrics and, when
+/// tested, of every test metric.
+fn summarise(outcomes: &[RunOutcome], path: &Path) -> Result<()> {
+    let val = |f: fn(&EpochRecord) -> f64| {
+        MeanStd::of(&outcomes.iter().map(|o| f(&o.best)).collect::<Vec<_>>())
+    };
+    let mut summary = serde_json::json!({
+        "runs": outcomes.iter().map(|o| o.dir.display().to_string()).collect::<Vec<_>>(),
+        "best_val_dice": val(|r| r.val_dice),
+        "best_val_dice_global": val(|r| r.val_dice_global),
+    });
+    println!(
+        "over {} seeds: best validation Dice {:.4} ± {:.4}",
+        outcomes.len(),
+        summary["best_val_dice"]["mean"].as_f64().unwrap_or(f64::NAN),
+        summary["best_val_dice"]["std"].as_f64().unwrap_or(f64::NAN)
+    );
+    let tests: Vec<_> = outcomes.iter().filter_map(|o| o.test.as_ref()).collect();
+    if tests.len() == outcomes.len() {
+        for (key, global) in [("test_per_slice_mean", false), ("test_global", true)] {
+            let pick = |r: &d2a_metrics::Report| if global { r.global } else { r.per_slice_mean };
+            let mut fields = serde_json::Map::new();
+            for (name, get) in Scores::FIELDS {
+                let values: Vec<f64> = tests.iter().map(|t| get(&pick(t))).collect();
+                let ms = MeanStd::of(&values);
+                if !key.ends_with("global") || name == "dice" {
+                    println!("  {key} {name}: {:.4} ± {:.4}", ms.mean, ms.std);
+                }
+                fields.insert(name.to_string(), serde_json::to_value(ms)?);
+            }
+            summary[key] = serde_json::Value::Object(fields);
+        }
+    }
+    write_atomic(
+        path,
+        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+    )
+    .map_err(|e| anyhow!("{e}"))
+    .with_context(|| format!("writing {}", path.display()))?;
+    println!("summary: {}", path.display());
+    Ok(())
+}
+
+/// Progress bars and per-epoch lines on the terminal.
+struct Console {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Console {
+    fn new(quiet: bool) -> Self {
+        Self { quiet, bar: None }
+    }
+
+    fn done(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Console {
+    fn message(&mut self, text: &str) {
+        if !self.quiet {
+            tracing::info!("{text}");
+        }
+    }
+
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        if self.quiet {
+            return;
+        }
+        // indicatif draws nothing when stderr is not a terminal (logs, CI).
+        let bar = ProgressBar::new(batches as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {msg} ({elapsed}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        self.bar = Some(bar);
+    }
+
+    fn batch(&mut self, done: usize, loss: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+    }
+
+    fn epoch_end(&mut self, r: &EpochRecord) {
+        self.done();
+        if !self.quiet {
             println!(
-                "epoch {:>2}/{}: train loss {:.4}, validation loss {:.4}, Dice {:.4} (global {:.4}), {:.1} s",
+                "epoch {:>2}: train loss {:.4}, validation loss {:.4}, Dice {:.4} (global {:.4}), lr {:e}, {:.1} s",
                 r.epoch,
-                self.epochs,
                 r.train_loss,
                 r.val_loss,
                 r.val_dice,
                 r.val_dice_global,
+                r.lr,
                 r.seconds
             );
-            let line = serde_json::to_string(r).map_err(candle_core::Error::wrap)?;
-            writeln!(metrics, "{line}").map_err(candle_core::Error::wrap)?;
-            // Written atomically every epoch, so a stopped run keeps its last good weights; the
-            // best validation epoch is kept too (validation data, never the test set).
-            save(&varmap, &last).map_err(candle_core::Error::wrap)?;
-            if r.val_dice > best_dice {
-                best_dice = r.val_dice;
-                save(&varmap, &best).map_err(candle_core::Error::wrap)?;
-            }
-            Ok(())
-        })?;
-        let final_epoch = records.last().context("no epoch ran")?;
-        let best_epoch = records
-            .iter()
-            .max_by(|a, b| a.val_dice.total_cmp(&b.val_dice))
-            .context("no epoch ran")?;
-        println!(
-            "validation Dice {:.4} (per-slice mean), {:.4} (global) after {} epochs; best {:.4} at epoch {}; {:.0} s\n\
-             run folder: {} (config.json, metrics.jsonl, last.safetensors, best.safetensors)",
-            final_epoch.val_dice,
-            final_epoch.val_dice_global,
-            self.epochs,
-            best_epoch.val_dice,
-            best_epoch.epoch,
-            start.elapsed().as_secs_f64(),
-            out.display()
-        );
-        Ok(())
+        }
     }
 }

@@ -6,12 +6,14 @@
 //! f64 and a parity test against PyTorch (`shared/fixtures/ops_io.safetensors`).
 
 mod attention;
+mod batch_norm;
 mod conv;
 mod cpu;
 mod pool;
 mod upsample;
 
 pub use attention::attend;
+pub use batch_norm::{BnStats, batch_norm_act};
 pub use conv::{Conv2dConfig, conv2d};
 pub use pool::max_pool2d;
 pub use upsample::up2;

@@ -172,6 +172,77 @@ fn conv2d_tiled_paths_match_candle_with_gradients() -> Result<()> {
 }
 
 #[test]
+fn batch_norm_gradients_train_and_eval_with_and_without_relu() -> Result<()> {
+    let x = pseudo_random(&[3, 4, 5, 6], 40)?;
+    let gamma = pseudo_random(&[4], 41)?;
+    let beta = pseudo_random(&[4], 42)?;
+    let running = BnStats {
+        mean: vec![0.1, -0.2, 0.3, 0.0],
+        var: vec![0.5, 1.5, 0.9, 2.0],
+        count: 0,
+    };
+    for relu in [false, true] {
+        check_gradients(
+            |t| Ok(batch_norm_act(&t[0], &t[1], &t[2], None, 1e-5, relu)?.0),
+            &[x.clone(), gamma.clone(), beta.clone()],
+        )?;
+        check_gradients(
+            |t| Ok(batch_norm_act(&t[0], &t[1], &t[2], Some(running.clone()), 1e-5, relu)?.0),
+            &[x.clone(), gamma.clone(), beta.clone()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The fused layer against candle-nn's BatchNorm + ReLU (right, if slow): outputs in train and
+/// eval mode and the running statistics after two training steps.
+#[test]
+fn batch_norm_layer_matches_candle_nn() -> Result<()> {
+    use candle_core::ModuleT as _;
+    let dev = Device::Cpu;
+    let ours_map = candle_nn::VarMap::new();
+    let theirs_map = candle_nn::VarMap::new();
+    let ours = crate::nn::batch_norm(
+        5,
+        candle_nn::VarBuilder::from_varmap(&ours_map, DType::F32, &dev),
+    )?;
+    let theirs = candle_nn::batch_norm(
+        5,
+        candle_nn::BatchNormConfig {
+            eps: 1e-5,
+            remove_mean: true,
+            affine: true,
+            momentum: 0.1,
+        },
+        candle_nn::VarBuilder::from_varmap(&theirs_map, DType::F32, &dev),
+    )?;
+    for (name, value) in [("weight", 43), ("bias", 44)] {
+        let v = pseudo_random(&[5], value)?.to_dtype(DType::F32)?;
+        for map in [&ours_map, &theirs_map] {
+            map.data().lock().unwrap()[name].set(&v)?;
+        }
+    }
+    for step in 0..2 {
+        let x = (pseudo_random(&[2, 5, 7, 3], 50 + step)?.to_dtype(DType::F32)? * 3.0)?;
+        let a = ours.forward_act(&x, true, true)?;
+        let b = theirs.forward_t(&x, true)?.relu()?;
+        assert!(max_abs_diff(&a, &b)? < 1e-5, "train step {step}");
+    }
+    for name in ["running_mean", "running_var"] {
+        let (a, b) = (
+            ours_map.data().lock().unwrap()[name].as_tensor().clone(),
+            theirs_map.data().lock().unwrap()[name].as_tensor().clone(),
+        );
+        assert!(max_abs_diff(&a, &b)? < 1e-5, "{name}");
+    }
+    let x = pseudo_random(&[1, 5, 4, 4], 60)?.to_dtype(DType::F32)?;
+    let a = ours.forward_t(&x, false)?;
+    let b = theirs.forward_t(&x, false)?;
+    assert!(max_abs_diff(&a, &b)? < 1e-5, "eval");
+    Ok(())
+}
+
+#[test]
 fn conv2d_rejects_bad_shapes() -> Result<()> {
     let x = pseudo_random(&[1, 6, 5, 5], 1)?;
     let err = |w: &[usize], cfg| {

@@ -1,0 +1,302 @@
+//! BatchNorm and ReLU fused into one pass over the activations, forward and backward.
+//!
+//! candle-nn's `BatchNorm` runs as some ten broadcast tensor ops, each a pass over memory with an
+//! allocation, and as many again in its backward; the D2A U-Net has one after every conv. This
+//! kernel computes the batch statistics in one pass, normalises, scales, shifts and rectifies in
+//! a second, and computes all three gradients in two passes.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType as _, bail,
+};
+use rayon::iter::{IndexedParallelIterator as _, IntoParallelIterator as _, ParallelIterator as _};
+use rayon::slice::{ParallelSlice as _, ParallelSliceMut as _};
+
+use super::cpu::{Float, contiguous, with_float};
+
+/// Per-channel statistics the normalisation used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BnStats {
+    /// Mean per channel.
+    pub mean: Vec<f64>,
+    /// Biased variance per channel (what the normalisation divides by).
+    pub var: Vec<f64>,
+    /// Values per channel (B·H·W), for the unbiased variance of the running statistics.
+    pub count: usize,
+}
+
+/// `y = [relu](gamma · (x − mean) / sqrt(var + eps) + beta)` over `[B, C, H, W]`.
+///
+/// With `stats: None` (training) the mean and variance are the batch's, computed here and
+/// published through `out_stats`; with `Some` (evaluation) they are the given running values,
+/// and the gradient treats them as constants.
+struct BnAct {
+    given: Option<Arc<BnStats>>,
+    out_stats: Arc<Mutex<Option<Arc<BnStats>>>>,
+    eps: f64,
+    relu: bool,
+}
+
+fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    let &[b, c, h, w] = l.dims() else {
+        bail!("batch_norm: expected [B, C, H, W], got {:?}", l.dims())
+    };
+    Ok((b, c, h * w))
+}
+
+fn batch_stats<T: Float>(x: &[T], (b, c, hw): (usize, usize, usize)) -> BnStats {
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = || (0..b).map(move |i| &x[(i * c + ch) * hw..][..hw]);
+            let n = (b * hw) as f64;
+            let mean = planes()
+                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+                .sum::<f64>()
+                / n;
+            let var = planes()
+                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                / n;
+            (mean, var)
+        })
+        .unzip();
+    BnStats {
+        mean,
+        var,
+        count: b * hw,
+    }
+}
+
+impl BnAct {
+    fn stats(&self) -> Result<Arc<BnStats>> {
+        match &self.given {
+            Some(s) => Ok(s.clone()),
+            None => self
+                .out_stats
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("batch_norm: poisoned statistics".into()))?
+                .clone()
+                .ok_or_else(|| candle_core::Error::Msg("batch_norm: no batch statistics".into())),
+        }
+    }
+}
+
+impl CustomOp3 for BnAct {
+    fn name(&self) -> &'static str {
+        "d2a-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, hw) = dims(xl)?;
+        if gl.dims() != [c] || bl.dims() != [c] {
+            bail!(
+                "batch_norm: weight {:?} and bias {:?} for {c} channels",
+                gl.dims(),
+                bl.dims()
+            )
+        }
+        let y = with_float!(xs, self.name(), |T| {
+            let x = contiguous::<T>(xs, xl, self.name())?;
+            let gamma = contiguous::<T>(gs, gl, self.name())?;
+            let beta = contiguous::<T>(bs, bl, self.name())?;
+            let stats = match &self.given {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(batch_stats(x, (b, c, hw)));
+                    *self.out_stats.lock().map_err(|_| {
+                        candle_core::Error::Msg("batch_norm: poisoned statistics".into())
+                    })? = Some(s.clone());
+                    s
+                }
+            };
+            let (scale, shift): (Vec<T>, Vec<T>) = (0..c)
+                .map(|ch| {
+                    let s = gamma[ch].to_f64() / (stats.var[ch] + self.eps).sqrt();
+                    (
+                        T::from_f64(s),
+                        T::from_f64(beta[ch].to_f64() - stats.mean[ch] * s),
+                    )
+                })
+                .unzip();
+            let mut y = vec![T::from_f64(0.0); x.len()];
+            let zero = T::from_f64(0.0);
+            y.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw))
+                .enumerate()
+                .for_each(|(plane, (y, x))| {
+                    let (s, t) = (scale[plane % c], shift[plane % c]);
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        let v = x * s + t;
+                        *y = if self.relu && v < zero { zero } else { v };
+                    }
+                });
+            T::to_cpu_storage_owned(y)
+        });
+        Ok((y, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.dim(0)?;
+        let grad = BnGrad {
+            stats: self.stats()?,
+            gamma: gamma.to_dtype(candle_core::DType::F64)?.to_vec1()?,
+            beta: beta.to_dtype(candle_core::DType::F64)?.to_vec1()?,
+            eps: self.eps,
+            relu: self.relu,
+            train: self.given.is_none(),
+        };
+        // One flat result: dx, then dgamma and dbeta.
+        let flat = x.apply_op2_no_bwd(&dy.contiguous()?, &grad)?;
+        let n = x.elem_count();
+        let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = flat.narrow(0, n, c)?;
+        let dbeta = flat.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The gradients of [`BnAct`]: `(x, dy) -> [dx..., dgamma..., dbeta...]`.
+struct BnGrad {
+    stats: Arc<BnStats>,
+    gamma: Vec<f64>,
+    beta: Vec<f64>,
+    eps: f64,
+    relu: bool,
+    train: bool,
+}
+
+impl CustomOp2 for BnGrad {
+    fn name(&self) -> &'static str {
+        "d2a-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, hw) = dims(xl)?;
+        if dl.dims() != xl.dims() {
+            bail!(
+                "batch_norm: gradient {:?} for input {:?}",
+                dl.dims(),
+                xl.dims()
+            )
+        }
+        let out = with_float!(xs, self.name(), |T| {
+            let x = contiguous::<T>(xs, xl, self.name())?;
+            let dy = contiguous::<T>(ds, dl, self.name())?;
+            let invstd: Vec<f64> = self
+                .stats
+                .var
+                .iter()
+                .map(|v| 1.0 / (v + self.eps).sqrt())
+                .collect();
+            let xhat = |ch: usize, v: T| (v.to_f64() - self.stats.mean[ch]) * invstd[ch];
+            // The gradient reaching the normalised value: dy where the ReLU passed it.
+            let dz = |ch: usize, v: T, d: T| {
+                let d = d.to_f64();
+                if self.relu && self.gamma[ch] * xhat(ch, v) + self.beta[ch] < 0.0 {
+                    0.0
+                } else {
+                    d
+                }
+            };
+            // Per channel: Σ dz (dbeta) and Σ dz·x̂ (dgamma).
+            let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (mut sd, mut sdx) = (0.0, 0.0);
+                    for i in 0..b {
+                        let at = (i * c + ch) * hw;
+                        for (&v, &d) in x[at..at + hw].iter().zip(&dy[at..at + hw]) {
+                            let g = dz(ch, v, d);
+                            sd += g;
+                            sdx += g * xhat(ch, v);
+                        }
+                    }
+                    (sd, sdx)
+                })
+                .unzip();
+            let n = self.stats.count as f64;
+            let mut out = vec![T::from_f64(0.0); x.len() + 2 * c];
+            let (dx, rest) = out.split_at_mut(x.len());
+            dx.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
+                .enumerate()
+                .for_each(|(plane, (dx, (x, dy)))| {
+                    let ch = plane % c;
+                    let k = self.gamma[ch] * invstd[ch];
+                    let (mean_d, mean_dx) = (dbeta[ch] / n, dgamma[ch] / n);
+                    for ((o, &v), &d) in dx.iter_mut().zip(x).zip(dy) {
+                        let g = dz(ch, v, d);
+                        *o = T::from_f64(if self.train {
+                            k * (g - mean_d - xhat(ch, v) * mean_dx)
+                        } else {
+                            k * g
+                        });
+                    }
+                });
+            for ch in 0..c {
+                rest[ch] = T::from_f64(dgamma[ch]);
+                rest[c + ch] = T::from_f64(dbeta[ch]);
+            }
+            T::to_cpu_storage_owned(out)
+        });
+        Ok((out, Shape::from(b * c * hw + 2 * c)))
+    }
+}
+
+/// Fused BatchNorm (+ ReLU if `relu`) of `x` (`[B, C, H, W]`) with affine `gamma`, `beta`
+/// (`[C]`), differentiable in all three.
+///
+/// With `running: None`, normalises with the batch's statistics and returns them (to update the
+/// running averages); with `Some(stats)`, normalises with those and returns `None`.
+pub fn batch_norm_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: Option<BnStats>,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Option<BnStats>)> {
+    let train = running.is_none();
+    let out_stats = Arc::new(Mutex::new(None));
+    let op = BnAct {
+        given: running.map(Arc::new),
+        out_stats: out_stats.clone(),
+        eps,
+        relu,
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = if train {
+        let guard = out_stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm: poisoned statistics".into()))?;
+        guard.as_deref().cloned()
+    } else {
+        None
+    };
+    Ok((y, stats))
+}
