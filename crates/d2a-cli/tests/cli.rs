@@ -137,9 +137,137 @@ fn train_on_phantoms_writes_a_run_folder() {
     for file in ["last.safetensors", "best.safetensors", "config.json"] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
-    let out = d2a(&["train", "--train", "/some/data"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    assert!(run.join("curves.png").is_file());
+    // The folder holds a finished run now: refused without --resume or --force.
+    let again = d2a(&[
+        "train",
+        "--epochs",
+        "1",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("already holds a run"),
+        "{stderr}"
+    );
+    // Training data that is not a dataset: named in the error.
+    let out = d2a(&[
+        "train",
+        "--train",
+        "/some/data",
+        "--out",
+        tmp.path().join("r2").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("/some/data"),
+        "{stderr}"
+    );
+    // A weights-only checkpoint cannot be resumed from.
+    std::fs::copy(run.join("best.safetensors"), run.join("last.safetensors")).unwrap();
+    let out = d2a(&["train", "--resume", run.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no training state"),
+        "{stderr}"
+    );
+}
+
+/// Every tensor of a safetensors file, as raw bytes by name.
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
+}
+
+/// A run killed (SIGKILL) after its first checkpoint and resumed ends with the same weights,
+/// BatchNorm statistics, optimiser moments and metrics as an uninterrupted run, bit for bit.
+#[test]
+fn a_killed_run_resumes_to_the_same_weights_bitwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let args = |out: &Path| {
+        [
+            "train", "--epochs", "6", "--slices", "16", "--size", "32", "--seed", "3", "-q",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect::<Vec<_>>()
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_d2a"))
+        .args(args(&straight))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_d2a"))
+        .args(args(&killed))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = killed.join("metrics.jsonl");
+    let epochs_done = || std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count());
+    let start = std::time::Instant::now();
+    while epochs_done() < 1 {
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no epoch finished in 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = epochs_done();
+    assert!(done < 6, "the run finished before it could be killed");
+
+    let out = d2a(&["train", "--resume", killed.to_str().unwrap(), "-q"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (
+        tensors(&straight.join("last.safetensors")),
+        tensors(&killed.join("last.safetensors")),
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(
+        a.keys().any(|k| k.starts_with("optim.m.")) && a.keys().any(|k| k.ends_with("running_var"))
+    );
+    for (name, bytes) in &a {
+        assert!(
+            bytes == &b[name],
+            "{name} differs after resuming from epoch {done}"
+        );
+    }
+    // The same metrics, but for the timings.
+    let strip = |dir: &Path| {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&straight), strip(&killed));
+    assert_eq!(strip(&killed).len(), 6);
 }
 
 #[test]

@@ -195,9 +195,8 @@ pub fn save_tensors(
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
         .collect::<Result<Vec<_>>>()?;
     let metadata = (!metadata.is_empty()).then(|| metadata.clone());
-    safetensors::serialize_to_file(cpu, metadata, &tmp).map_err(|e| {
-        Error::Invalid(format!("cannot write checkpoint {}: {e}", tmp.display()))
-    })?;
+    safetensors::serialize_to_file(cpu, metadata, &tmp)
+        .map_err(|e| Error::Invalid(format!("cannot write checkpoint {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         Error::Invalid(format!(
             "cannot move {} to {}: {e}",
@@ -221,9 +220,7 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         .map_err(|e| wrap(format!("no safetensors header ({e})")))?;
     let len = u64::from_le_bytes(len);
     if len > 100 << 20 {
-        return Err(wrap(format!(
-            "a header of {len} bytes is not safetensors"
-        )));
+        return Err(wrap(format!("a header of {len} bytes is not safetensors")));
     }
     let mut header = vec![0u8; len as usize];
     std::io::Read::read_exact(&mut file, &mut header)

@@ -117,11 +117,21 @@ impl BatchNorm2d {
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !train {
             let running = BnStats {
-                mean: self.running_mean.as_tensor().to_dtype(DType::F64)?.to_vec1()?,
-                var: self.running_var.as_tensor().to_dtype(DType::F64)?.to_vec1()?,
+                mean: self
+                    .running_mean
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?,
+                var: self
+                    .running_var
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?,
                 count: 0,
             };
-            return Ok(batch_norm_act(x, &self.weight, &self.bias, Some(running), self.eps, relu)?.0);
+            return Ok(
+                batch_norm_act(x, &self.weight, &self.bias, Some(running), self.eps, relu)?.0,
+            );
         }
         let (y, stats) = batch_norm_act(x, &self.weight, &self.bias, None, self.eps, relu)?;
         let Some(stats) = stats else {
@@ -132,11 +142,18 @@ impl BatchNorm2d {
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         let update = |var: &Var, batch: Vec<f64>| -> Result<()> {
             let old = var.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            let new: Vec<f64> = old.iter().zip(batch).map(|(o, b)| (1.0 - m) * o + m * b).collect();
+            let new: Vec<f64> = old
+                .iter()
+                .zip(batch)
+                .map(|(o, b)| (1.0 - m) * o + m * b)
+                .collect();
             var.set(&Tensor::new(new, var.device())?.to_dtype(var.dtype())?)
         };
         update(&self.running_mean, stats.mean)?;
-        update(&self.running_var, stats.var.iter().map(|v| v * unbias).collect())?;
+        update(
+            &self.running_var,
+            stats.var.iter().map(|v| v * unbias).collect(),
+        )?;
         Ok(y)
     }
 }
@@ -207,6 +224,7 @@ impl ConvBn {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_act(&self.conv.forward(x)?, train, self.relu)
+        self.bn
+            .forward_act(&self.conv.forward(x)?, train, self.relu)
     }
 }

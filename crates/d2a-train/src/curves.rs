@@ -14,7 +14,12 @@ const PANEL: (u32, u32) = (400, 300);
 const MARGIN: u32 = 20;
 
 /// Colours of the four curves: train loss, validation loss, Dice, global Dice.
-pub const COLOURS: [[u8; 3]; 4] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [148, 103, 189]];
+pub const COLOURS: [[u8; 3]; 4] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [148, 103, 189],
+];
 
 /// Draws `records` into a PNG at `path` (atomically). No records: an empty frame.
 pub fn write_curves(records: &[EpochRecord], path: &Path) -> Result<(), String> {
@@ -62,12 +67,26 @@ fn panel(img: &mut RgbImage, x0: u32, y_max: f64, series: &[(Vec<f64>, [u8; 3])]
         line(img, (left as f64, y as f64), (right as f64, y as f64), grey);
     }
     let black = Rgb([0, 0, 0]);
-    line(img, (left as f64, top as f64), (left as f64, bottom as f64), black);
-    line(img, (left as f64, bottom as f64), (right as f64, bottom as f64), black);
+    line(
+        img,
+        (left as f64, top as f64),
+        (left as f64, bottom as f64),
+        black,
+    );
+    line(
+        img,
+        (left as f64, bottom as f64),
+        (right as f64, bottom as f64),
+        black,
+    );
     for (values, colour) in series {
         let n = values.len();
         let at = |i: usize, v: f64| {
-            let fx = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.5 };
+            let fx = if n > 1 {
+                i as f64 / (n - 1) as f64
+            } else {
+                0.5
+            };
             let fy = (v / y_max).clamp(0.0, 1.0);
             (
                 left as f64 + fx * (right - left) as f64,

@@ -50,7 +50,10 @@ pub fn predict_logits(
             }
         }
         let x = Tensor::from_vec(pixels, (chunk.len(), 1, input, input), device)?;
-        let logits = model.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?;
+        let logits = model
+            .forward_t(&x, false)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for (s, map) in chunk.iter().zip(logits.chunks_exact(input * input)) {
             if s.height == input && s.width == input {
                 out.push(map.to_vec());

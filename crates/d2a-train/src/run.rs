@@ -171,8 +171,12 @@ pub fn run(
         cfg.clone()
     };
     check(&cfg)?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| err(format!("cannot create the run folder {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        err(format!(
+            "cannot create the run folder {}: {e}",
+            dir.display()
+        ))
+    })?;
     write_atomic(
         &config_path,
         (serde_json::to_string_pretty(&cfg)? + "\n").as_bytes(),
@@ -227,7 +231,11 @@ pub fn run(
         })?;
         // Best weights first, then the full state: a run killed in between resumes from the
         // previous epoch and rewrites both.
-        if trainer.state.best().is_some_and(|b| b.epoch == record.epoch) {
+        if trainer
+            .state
+            .best()
+            .is_some_and(|b| b.epoch == record.epoch)
+        {
             trainer.save_weights(&best_path, &metadata)?;
         }
         trainer.save_checkpoint(&last, &metadata)?;
@@ -349,8 +357,12 @@ fn write_metrics(history: &[EpochRecord], path: &Path) -> Result<(), BoxError> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BoxError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
-    std::fs::write(&tmp, bytes)
-        .map_err(|e| err(format!("cannot write {}: {e}", PathBuf::from(&tmp).display())))?;
+    std::fs::write(&tmp, bytes).map_err(|e| {
+        err(format!(
+            "cannot write {}: {e}",
+            PathBuf::from(&tmp).display()
+        ))
+    })?;
     std::fs::rename(&tmp, path)
         .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
     Ok(())

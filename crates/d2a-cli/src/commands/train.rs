@@ -144,8 +144,7 @@ impl Args {
                     dir.display()
                 );
             }
-            let outcome =
-                run(&cfg, &dir, existing, &mut observer).map_err(|e| anyhow!("{e}"))?;
+            let outcome = run(&cfg, &dir, existing, &mut observer).map_err(|e| anyhow!("{e}"))?;
             observer.done();
             report(&outcome, start);
             outcomes.push(outcome);
@@ -272,7 +271,9 @@ fn summarise(outcomes: &[RunOutcome], path: &Path) -> Result<()> {
     println!(
         "over {} seeds: best validation Dice {:.4} ± {:.4}",
         outcomes.len(),
-        summary["best_val_dice"]["mean"].as_f64().unwrap_or(f64::NAN),
+        summary["best_val_dice"]["mean"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
         summary["best_val_dice"]["std"].as_f64().unwrap_or(f64::NAN)
     );
     let tests: Vec<_> = outcomes.iter().filter_map(|o| o.test.as_ref()).collect();
@@ -333,9 +334,11 @@ impl Observer for Console {
         // indicatif draws nothing when stderr is not a terminal (logs, CI).
         let bar = ProgressBar::new(batches as u64);
         bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {msg} ({elapsed}, eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} batches, {msg} ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{epoch}/{epochs}"));
         self.bar = Some(bar);
@@ -353,13 +356,7 @@ impl Observer for Console {
         if !self.quiet {
             println!(
                 "epoch {:>2}: train loss {:.4}, validation loss {:.4}, Dice {:.4} (global {:.4}), lr {:e}, {:.1} s",
-                r.epoch,
-                r.train_loss,
-                r.val_loss,
-                r.val_dice,
-                r.val_dice_global,
-                r.lr,
-                r.seconds
+                r.epoch, r.train_loss, r.val_loss, r.val_dice, r.val_dice_global, r.lr, r.seconds
             );
         }
     }
