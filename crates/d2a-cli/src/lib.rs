@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod commands;
+pub mod overlay;
 
 use clap::{Parser, Subcommand};
 
@@ -26,10 +27,14 @@ pub struct Cli {
 pub enum Command {
     /// Time a model's forward pass or training step, and its peak memory.
     Bench(commands::bench::Args),
+    /// Score a trained checkpoint on labelled data with the paper's metrics.
+    Eval(commands::eval::Args),
     /// Score predicted masks against ground-truth masks with the paper's metrics.
     EvalMasks(commands::eval_masks::Args),
     /// Parameter and multiply-add counts of a model.
     Info(commands::info::Args),
+    /// Segment CT volumes or slices with a trained checkpoint.
+    Predict(commands::predict::Args),
     /// Read CT volumes or slice folders once into a prepared dataset for training.
     Prepare(commands::prepare::Args),
     /// Train a model (with no arguments: a small model on synthetic phantoms).
@@ -40,8 +45,10 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => args.run(),
+        Command::Eval(args) => args.run(),
         Command::EvalMasks(args) => args.run(),
         Command::Info(args) => args.run(),
+        Command::Predict(args) => args.run(),
         Command::Prepare(args) => args.run(),
         Command::Train(mut args) => {
             args.quiet = cli.quiet;

@@ -355,3 +355,185 @@ fn prepare_counts_slice_folders_and_refuses_truncated_files() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("vol_3.png"));
     assert!(!out2.exists());
 }
+
+/// Writes phantom `seed` as `images/<name>.png` and `masks/<name>.png` under `dir`.
+fn write_phantom(dir: &Path, name: &str, seed: u64, size: usize) {
+    let s = d2a_data::synthetic::phantom(seed, size);
+    write_mask(
+        &dir.join(format!("images/{name}.png")),
+        size as u32,
+        size as u32,
+        |x, y| (s.image[y as usize * size + x as usize] * 255.0).round() as u8,
+    );
+    write_mask(
+        &dir.join(format!("masks/{name}.png")),
+        size as u32,
+        size as u32,
+        |x, y| s.mask[y as usize * size + x as usize] * 255,
+    );
+}
+
+#[test]
+fn eval_and_predict_a_trained_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = d2a(&[
+        "train",
+        "--epochs",
+        "1",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let best = run.join("best.safetensors");
+    let data = tmp.path().join("data");
+    for i in 0..3 {
+        write_phantom(&data, &format!("vol_{i}"), 100 + i, 32);
+    }
+
+    // eval: the eval-masks JSON schema, one overlay per slice.
+    let (json, overlays) = (tmp.path().join("eval.json"), tmp.path().join("overlays"));
+    let out = d2a(&[
+        "eval",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--overlays",
+        overlays.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: d2a_metrics::Report =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.n_slices, 3);
+    assert_eq!(report.slices[0].name, "vol_0");
+    let overlay = image::open(overlays.join("vol_1.png")).unwrap();
+    // Slices are scored at SPEC §3's 512x512.
+    assert_eq!((overlay.width(), overlay.height()), (512, 512));
+    // The truth outline (green or yellow) is drawn where the truth has lesion.
+    let truth = d2a_data::synthetic::phantom(101, 32);
+    assert!(truth.has_lesion());
+    let rgb = overlay.to_rgb8();
+    assert!(
+        rgb.pixels()
+            .any(|p| p.0 == [40, 220, 40] || p.0 == [255, 230, 0])
+    );
+
+    // predict: a PNG and a NIfTI volume.
+    let png = data.join("images/vol_2.png");
+    let volume = tmp.path().join("scan.nii.gz");
+    let arr = ndarray::Array3::from_shape_fn((32, 32, 3), |(x, y, z)| {
+        let s = d2a_data::synthetic::phantom(200 + z as u64, 32);
+        -1250.0f32 + 1500.0 * s.image[y * 32 + x]
+    });
+    let header = nifti::NiftiHeader {
+        pixdim: [1.0, 0.8, 0.8, 5.0, 1.0, 1.0, 1.0, 1.0],
+        ..Default::default()
+    };
+    nifti::writer::WriterOptions::new(&volume)
+        .reference_header(&header)
+        .write_nifti(&arr)
+        .unwrap();
+    let pred = tmp.path().join("pred");
+    let args = [
+        "predict",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        png.to_str().unwrap(),
+        volume.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+    ];
+    let out = d2a(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mask = image::open(pred.join("vol_2_mask.png")).unwrap().to_luma8();
+    assert_eq!(mask.dimensions(), (32, 32));
+    assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+    assert!(pred.join("vol_2_overlay.png").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pred.join("scan.json")).unwrap()).unwrap();
+    let pixels = summary["lesion_pixels"].as_u64().unwrap();
+    let ml = summary["lesion_ml"].as_f64().unwrap();
+    assert!(
+        (ml - pixels as f64 * 0.8 * 0.8 * 5.0 / 1000.0).abs() < 1e-6,
+        "{summary}"
+    );
+    assert_eq!(summary["slices"].as_array().unwrap().len(), 3);
+    let back = nifti::ReaderOptions::new()
+        .read_file(pred.join("scan_mask.nii.gz"))
+        .unwrap();
+    use nifti::NiftiObject as _;
+    assert_eq!(back.header().pixdim, header.pixdim);
+    assert_eq!(&back.header().dim[1..4], &[32, 32, 3]);
+
+    // Bad input: clear errors, nothing overwritten.
+    let again = d2a(&args);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let text = tmp.path().join("notes.png");
+    std::fs::write(&text, "not an image").unwrap();
+    let out = d2a(&[
+        "predict",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        text.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("notes.png"),
+        "{stderr}"
+    );
+    let out = d2a(&[
+        "eval",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--model",
+        "d2a-vgg",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("does not fit"),
+        "{stderr}"
+    );
+    let truncated = tmp.path().join("cut.safetensors");
+    let bytes = std::fs::read(&best).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = d2a(&[
+        "eval",
+        "--checkpoint",
+        truncated.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cut.safetensors"),
+        "{stderr}"
+    );
+}

@@ -17,6 +17,7 @@
 pub mod augment;
 pub mod dataset;
 mod error;
+pub mod inputs;
 pub mod loader;
 pub mod prepared;
 pub mod readers;

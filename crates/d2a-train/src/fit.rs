@@ -11,7 +11,9 @@ use d2a_data::Slice;
 use d2a_data::loader::Loader;
 use d2a_metrics::{Confusion, Summary, confusions_from_tensors};
 use d2a_model::D2AUNet;
-use d2a_model::checkpoint::{load_exact, read_metadata, read_tensors, save_tensors, trainable_vars};
+use d2a_model::checkpoint::{
+    load_exact, read_metadata, read_tensors, save_tensors, trainable_vars,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -121,9 +123,11 @@ pub struct TrainState {
 impl TrainState {
     /// The epoch with the best validation Dice (mean over slices), if any.
     pub fn best(&self) -> Option<&EpochRecord> {
-        self.history
-            .iter()
-            .max_by(|a, b| a.val_dice.total_cmp(&b.val_dice).then(b.epoch.cmp(&a.epoch)))
+        self.history.iter().max_by(|a, b| {
+            a.val_dice
+                .total_cmp(&b.val_dice)
+                .then(b.epoch.cmp(&a.epoch))
+        })
     }
 }
 
@@ -254,11 +258,10 @@ impl Trainer {
     }
 
     fn weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let data = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("the model's VarMap lock is poisoned".into()))?;
+        let data =
+            self.varmap.data().lock().map_err(|_| {
+                candle_core::Error::Msg("the model's VarMap lock is poisoned".into())
+            })?;
         let mut tensors: Vec<(String, Tensor)> = data
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
@@ -287,12 +290,15 @@ impl Trainer {
             self.names
                 .iter()
                 .map(|name| {
-                    tensors.get(&format!("{prefix}{name}")).cloned().ok_or_else(|| {
-                        candle_core::Error::Msg(format!(
-                            "{} lacks the optimiser moment {prefix}{name}",
-                            path.display()
-                        ))
-                    })
+                    tensors
+                        .get(&format!("{prefix}{name}"))
+                        .cloned()
+                        .ok_or_else(|| {
+                            candle_core::Error::Msg(format!(
+                                "{} lacks the optimiser moment {prefix}{name}",
+                                path.display()
+                            ))
+                        })
                 })
                 .collect()
         };

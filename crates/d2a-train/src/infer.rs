@@ -87,3 +87,65 @@ pub fn evaluate_slices(
         .collect::<Result<Vec<_>>>()?;
     Report::new(named).map_err(candle_core::Error::wrap)
 }
+
+/// A model loaded for inference: the network, its preset name and its input side.
+pub struct LoadedModel {
+    /// The network (eval mode is chosen per call).
+    pub model: D2AUNet,
+    /// Preset name.
+    pub name: String,
+    /// Input side the model was trained for.
+    pub input: usize,
+}
+
+/// Builds the model a checkpoint was trained as (preset and input side from its metadata, or
+/// from `model` / `input` where given; these win) and loads its weights, which must fit exactly.
+/// Training checkpoints (`last.safetensors`, with optimiser moments) load too.
+pub fn load_for_inference(
+    checkpoint: &std::path::Path,
+    model: Option<&str>,
+    input: Option<usize>,
+    device: &Device,
+) -> std::result::Result<LoadedModel, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::run::{INPUT_SIZE_KEY, MODEL_KEY};
+    let meta = d2a_model::checkpoint::read_metadata(checkpoint)?;
+    let name = match model.or(meta.get(MODEL_KEY).map(String::as_str)) {
+        Some(n) => n.to_string(),
+        None => {
+            return Err(format!(
+                "{} does not say which model it holds; pass --model ({})",
+                checkpoint.display(),
+                d2a_model::Config::NAMES.join(", ")
+            )
+            .into());
+        }
+    };
+    let cfg = d2a_model::Config::by_name(&name).ok_or_else(|| {
+        format!(
+            "unknown model {name:?}; known: {}",
+            d2a_model::Config::NAMES.join(", ")
+        )
+    })?;
+    let input = match input.or_else(|| meta.get(INPUT_SIZE_KEY).and_then(|s| s.parse().ok())) {
+        Some(s) if s > 0 && s % cfg.size_multiple() == 0 => s,
+        Some(s) => {
+            return Err(format!(
+                "input size {s} is not a positive multiple of {} for {name}",
+                cfg.size_multiple()
+            )
+            .into());
+        }
+        None => 512,
+    };
+    let varmap = candle_nn::VarMap::new();
+    let net = D2AUNet::new(
+        &cfg,
+        d2a_model::init::seeded_var_builder(&varmap, 0, candle_core::DType::F32, device),
+    )?;
+    d2a_model::checkpoint::load_exact(&varmap, checkpoint, "", &["optim."])?;
+    Ok(LoadedModel {
+        model: net,
+        name,
+        input,
+    })
+}

@@ -1,0 +1,217 @@
+//! Unlabelled inputs for prediction: one 2-D image, or one NIfTI volume read into slices, and
+//! mask volumes written back with the source's header and affine.
+
+use std::path::Path;
+
+use ndarray::Array3;
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
+
+use crate::readers::{is_nifti, nifti_stem};
+use crate::slice::{Intensity, Provenance, Slice, check_finite};
+use crate::slice_files::GrayMap;
+use crate::{Error, Result};
+
+/// Where a NIfTI input's slices came from, to write the mask volume back.
+#[derive(Debug, Clone)]
+pub struct VolumeInfo {
+    /// The source header (affine, voxel size, orientation).
+    pub header: NiftiHeader,
+    /// Stored dimensions `[x, y, z]`.
+    pub dims: [usize; 3],
+    /// Volume of one voxel in millilitres (`pixdim[1..4]` in mm, product / 1000).
+    pub voxel_ml: f64,
+}
+
+/// A prediction input: its slices in display orientation (masks all zero) and, for a volume,
+/// what writing the mask volume needs.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Slices, in order.
+    pub slices: Vec<Slice>,
+    /// `Some` for a NIfTI volume.
+    pub volume: Option<VolumeInfo>,
+}
+
+/// Reads a 2-D image (PNG, JPEG, BMP, TIFF) or a NIfTI volume (`.nii`, `.nii.gz`).
+pub fn read_input(path: &Path, intensity: Intensity) -> Result<Input> {
+    if is_nifti(path) {
+        return read_volume_input(path, intensity);
+    }
+    if !path.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is not a file (expected a PNG/JPEG/BMP/TIFF slice or a .nii/.nii.gz volume)",
+            path.display()
+        )));
+    }
+    let img = GrayMap::read(path)?;
+    let full_scale = f32::from(img.depth_max);
+    let rule = intensity.resolve(0.0, 0.0, full_scale);
+    let (height, width) = (img.height as usize, img.width as usize);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    Ok(Input {
+        slices: vec![Slice {
+            height,
+            width,
+            image: img
+                .values
+                .iter()
+                .map(|&v| rule.apply(f32::from(v), full_scale))
+                .collect(),
+            mask: vec![0; height * width],
+            provenance: Provenance {
+                file: path.to_path_buf(),
+                volume: stem,
+                slice_idx: 0,
+            },
+        }],
+        volume: None,
+    })
+}
+
+fn read_volume_input(path: &Path, intensity: Intensity) -> Result<Input> {
+    let err = |reason: String| Error::Nifti {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| err(e.to_string()))?;
+    let header = obj.header().clone();
+    let array = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| err(e.to_string()))?;
+    let shape = array.shape().to_vec();
+    if shape.len() > 3 && shape[3..].iter().any(|&d| d > 1) {
+        return Err(err(format!(
+            "a {}-D volume of shape {shape:?}; expected 2-D or 3-D",
+            shape.len()
+        )));
+    }
+    let (x, y) = (shape[0], shape.get(1).copied().unwrap_or(1));
+    let z = shape.get(2).copied().unwrap_or(1);
+    let values: Vec<f32> = array.t().iter().copied().collect();
+    let plane = x * y;
+    for s in 0..z {
+        check_finite(&values[s * plane..(s + 1) * plane], path, s)?;
+    }
+    let (min, max) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let rule = intensity.resolve(min, max, 255.0);
+    let volume = nifti_stem(path);
+    let slices = (0..z)
+        .map(|s| {
+            // Display pixel (row r, col c) = stored (x = c, y = r), as the training readers.
+            let mut image = vec![0f32; plane];
+            for r in 0..y {
+                for c in 0..x {
+                    image[r * x + c] = rule.apply(values[s * plane + c + r * x], 255.0);
+                }
+            }
+            Slice {
+                height: y,
+                width: x,
+                image,
+                mask: vec![0; plane],
+                provenance: Provenance {
+                    file: path.to_path_buf(),
+                    volume: volume.clone(),
+                    slice_idx: s,
+                },
+            }
+        })
+        .collect();
+    let mm3: f64 = header.pixdim[1..4]
+        .iter()
+        .map(|&d| f64::from(d).abs())
+        .product();
+    Ok(Input {
+        slices,
+        volume: Some(VolumeInfo {
+            header,
+            dims: [x, y, z],
+            voxel_ml: mm3 / 1000.0,
+        }),
+    })
+}
+
+/// Writes one display-orientation mask per slice (values 0/1) as a `u8` NIfTI volume at `path`
+/// with the source header's geometry (affine, voxel size, orientation).
+pub fn write_mask_volume(info: &VolumeInfo, masks: &[Vec<u8>], path: &Path) -> Result<()> {
+    let [x, y, z] = info.dims;
+    if masks.len() != z || masks.iter().any(|m| m.len() != x * y) {
+        return Err(Error::Invalid(format!(
+            "{} masks for a volume of {z} slices of {x}x{y}",
+            masks.len()
+        )));
+    }
+    let array = Array3::from_shape_fn((x, y, z), |(c, r, s)| masks[s][r * x + c]);
+    let mut header = info.header.clone();
+    // The mask is a label map: no intensity scaling.
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
+    header.cal_min = 0.0;
+    header.cal_max = 1.0;
+    nifti::writer::WriterOptions::new(path)
+        .reference_header(&header)
+        .write_nifti(&array)
+        .map_err(|e| Error::Nifti {
+            path: path.to_path_buf(),
+            reason: format!("cannot write: {e}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_volume_round_trips_with_the_source_geometry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y, z) = (5usize, 4usize, 3usize);
+        let src = dir.path().join("ct.nii.gz");
+        let values = Array3::from_shape_fn((x, y, z), |(c, r, s)| {
+            -1000.0f32 + (c * 100 + r * 10 + s) as f32
+        });
+        let mut header = NiftiHeader {
+            pixdim: [1.0, 0.7, 0.8, 2.5, 1.0, 1.0, 1.0, 1.0],
+            srow_x: [0.7, 0.0, 0.0, -90.0],
+            sform_code: 1,
+            ..NiftiHeader::default()
+        };
+        header.srow_y = [0.0, 0.8, 0.0, 12.0];
+        nifti::writer::WriterOptions::new(&src)
+            .reference_header(&header)
+            .write_nifti(&values)
+            .unwrap();
+        let input = read_input(&src, Intensity::Auto).unwrap();
+        assert_eq!(input.slices.len(), z);
+        assert_eq!((input.slices[0].height, input.slices[0].width), (y, x));
+        let info = input.volume.unwrap();
+        assert!((info.voxel_ml - 0.7 * 0.8 * 2.5 / 1000.0).abs() < 1e-9);
+        // A mask marking display pixel (row 1, col 3) of slice 2 only.
+        let mut masks = vec![vec![0u8; x * y]; z];
+        masks[2][x + 3] = 1;
+        let out = dir.path().join("mask.nii.gz");
+        write_mask_volume(&info, &masks, &out).unwrap();
+        let back = ReaderOptions::new().read_file(&out).unwrap();
+        let h = back.header().clone();
+        assert_eq!(
+            (h.srow_x, h.srow_y, h.pixdim),
+            (header.srow_x, header.srow_y, header.pixdim)
+        );
+        let arr = back.into_volume().into_ndarray::<f32>().unwrap();
+        assert_eq!(arr.shape(), &[x, y, z]);
+        for ((c, r, s), &v) in arr.indexed_iter().map(|(i, v)| ((i[0], i[1], i[2]), v)) {
+            let want = if (c, r, s) == (3, 1, 2) { 1.0 } else { 0.0 };
+            assert_eq!(v, want, "voxel {c},{r},{s}");
+        }
+        assert!(write_mask_volume(&info, &masks[..2], &out).is_err());
+    }
+}
