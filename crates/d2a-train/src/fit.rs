@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor, Var, bail};
 use candle_nn::VarMap;
 use d2a_data::Slice;
 use d2a_data::loader::Loader;
-use d2a_metrics::{Confusion, Summary, confusions_from_tensors};
+use d2a_metrics::{Confusion, Summary};
 use d2a_model::D2AUNet;
 use d2a_model::checkpoint::{
     load_exact, read_metadata, read_tensors, save_tensors, trainable_vars,
@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::infer::predict_logits;
 use crate::loss::dice_bce;
 use crate::optim::{Adam, AdamConfig};
 use crate::schedule::{PlateauConfig, ReduceOnPlateau};
@@ -85,23 +86,41 @@ pub fn split_by_volume(
         .partition(|s| !val_volumes.contains(&s.provenance.volume))
 }
 
-/// Mean loss and metrics of `model` (eval mode) on every batch of `loader`.
-pub fn evaluate(model: &D2AUNet, loader: &Loader, lambda: f64) -> Result<(f64, Summary)> {
-    let mut counts: Vec<Confusion> = Vec::with_capacity(loader.len());
+/// Validation data: slices at their own size, predicted at the model's input side.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// The slices, at their own size (masks are scored there, never resampled).
+    pub slices: Vec<Slice>,
+    /// The model input side.
+    pub input: usize,
+    /// Slices per forward pass.
+    pub batch: usize,
+}
+
+/// Mean per-slice loss and the metrics of `model` (eval mode) on `val`: each slice predicted at
+/// the input side, its logits resized back to the slice's size, and scored there (as the test
+/// set is).
+pub fn evaluate(model: &D2AUNet, val: &Validation, lambda: f64) -> Result<(f64, Summary)> {
+    let mut counts: Vec<Confusion> = Vec::with_capacity(val.slices.len());
     let mut loss_sum = 0.0;
-    let mut n_batches = 0;
-    for batch in loader.epoch(0) {
-        let batch = batch.map_err(candle_core::Error::wrap)?;
-        let logits = model.forward_t(&batch.images, false)?;
-        loss_sum += dice_bce(&logits, &batch.masks, lambda)?.to_scalar::<f32>()? as f64;
-        n_batches += 1;
-        counts.extend(
-            confusions_from_tensors(&logits, &batch.masks, 0.0)
-                .map_err(candle_core::Error::wrap)?,
-        );
+    let device = candle_core::Device::Cpu;
+    for chunk in val.slices.chunks(val.batch.max(1)) {
+        let logits = predict_logits(model, chunk, val.input, val.batch, &device)?;
+        for (s, l) in chunk.iter().zip(logits) {
+            let truth: Vec<bool> = s.mask.iter().map(|&m| m != 0).collect();
+            counts.push(Confusion::from_scores(&l, 0.0, &truth).map_err(candle_core::Error::wrap)?);
+            let shape = (1, 1, s.height, s.width);
+            let target: Vec<f32> = s.mask.iter().map(|&m| f32::from(m)).collect();
+            let loss = dice_bce(
+                &Tensor::from_vec(l, shape, &device)?,
+                &Tensor::from_vec(target, shape, &device)?,
+                lambda,
+            )?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+        }
     }
     let summary = Summary::from_confusions(&counts).map_err(candle_core::Error::wrap)?;
-    Ok((loss_sum / n_batches.max(1) as f64, summary))
+    Ok((loss_sum / counts.len().max(1) as f64, summary))
 }
 
 /// Everything of a training run that is not a model variable: where it stands, the schedule,
@@ -188,7 +207,7 @@ impl Trainer {
     pub fn run_epoch(
         &mut self,
         train: &Loader,
-        val: &Loader,
+        val: &Validation,
         mut on_batch: impl FnMut(usize, usize, f64),
     ) -> Result<EpochRecord> {
         let start = Instant::now();
@@ -315,7 +334,7 @@ pub fn fit(
     model: D2AUNet,
     varmap: VarMap,
     train: &Loader,
-    val: &Loader,
+    val: &Validation,
     cfg: &FitConfig,
     mut on_epoch: impl FnMut(&Trainer, &EpochRecord) -> Result<()>,
 ) -> Result<Trainer> {

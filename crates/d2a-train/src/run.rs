@@ -21,7 +21,7 @@ use d2a_model::{Config, D2AUNet};
 use serde::{Deserialize, Serialize};
 
 use crate::curves::write_curves;
-use crate::fit::{EpochRecord, FitConfig, Trainer, split_by_volume};
+use crate::fit::{EpochRecord, FitConfig, Trainer, Validation, split_by_volume};
 use crate::infer::evaluate_slices;
 
 /// What a run trains on.
@@ -193,11 +193,14 @@ pub fn run(
         )));
     }
     let input = eval_size(&cfg);
-    let val: Vec<Slice> = val.iter().map(|s| s.resized(input)).collect();
-    let counts = (train.len(), val.len());
+    let val = Validation {
+        slices: val,
+        input,
+        batch: cfg.batch,
+    };
+    let counts = (train.len(), val.slices.len());
     let augment = AugmentConfig::for_crop(cfg.size);
     let train_loader = Loader::new(train, LoaderConfig::train(cfg.batch, cfg.seed, augment))?;
-    let val_loader = Loader::new(val, LoaderConfig::eval(cfg.batch))?;
 
     let device = Device::Cpu;
     let varmap = VarMap::new();
@@ -226,7 +229,7 @@ pub fn run(
             cfg.fit.epochs,
             train_loader.n_batches(),
         );
-        let record = trainer.run_epoch(&train_loader, &val_loader, |done, _, loss| {
+        let record = trainer.run_epoch(&train_loader, &val, |done, _, loss| {
             observer.batch(done, loss)
         })?;
         // Best weights first, then the full state: a run killed in between resumes from the

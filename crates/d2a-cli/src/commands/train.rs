@@ -27,7 +27,7 @@ pub struct Args {
     /// Model preset: d2a-resnext50, d2a-vgg, d2a-vgg-tiny.
     #[arg(long, default_value = "d2a-vgg-tiny")]
     pub model: String,
-    /// Epochs [default: 30 on real data, 12 on phantoms].
+    /// Epochs [default: 30 on real data, 16 on phantoms].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Slices per batch [default: 6 on real data, 4 on phantoms].
@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.15)]
     pub val_fraction: f64,
     /// Synthetic phantoms to generate (8 per synthetic volume).
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 128)]
     pub slices: usize,
     /// Seed of the split, initialisation, order and augmentation (and of the phantoms).
     #[arg(long, default_value_t = 0)]
@@ -183,7 +183,7 @@ impl Args {
             seed,
             val_fraction: self.val_fraction,
             fit: FitConfig {
-                epochs: pick(self.epochs, 30, 12),
+                epochs: pick(self.epochs, 30, 16),
                 adam: AdamConfig {
                     lr,
                     weight_decay: self.weight_decay,
