@@ -178,6 +178,55 @@ fn train_on_phantoms_writes_a_run_folder() {
     );
 }
 
+#[test]
+fn repeats_report_mean_and_std_over_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("rep");
+    let out = d2a(&[
+        "train",
+        "--epochs",
+        "1",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "--repeats",
+        "2",
+        "--seed",
+        "5",
+        "-q",
+        "--out",
+        base.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("summary.json")).unwrap()).unwrap();
+    let dice: Vec<f64> = ["seed-5", "seed-6"]
+        .iter()
+        .map(|s| {
+            let line = std::fs::read_to_string(base.join(s).join("metrics.jsonl")).unwrap();
+            serde_json::from_str::<serde_json::Value>(line.trim()).unwrap()["val_dice"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let mean = (dice[0] + dice[1]) / 2.0;
+    let std = ((dice[0] - mean).powi(2) + (dice[1] - mean).powi(2)).sqrt(); // n - 1 = 1
+    let got = &summary["best_val_dice"];
+    assert!(
+        (got["mean"].as_f64().unwrap() - mean).abs() < 1e-12,
+        "{summary}"
+    );
+    assert!(
+        (got["std"].as_f64().unwrap() - std).abs() < 1e-12,
+        "{summary}"
+    );
+}
+
 /// Every tensor of a safetensors file, as raw bytes by name.
 fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let bytes = std::fs::read(path).unwrap();

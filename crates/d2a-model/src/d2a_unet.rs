@@ -76,14 +76,27 @@ impl Config {
         }
     }
 
-    /// The preset of a model name: `d2a-resnext50`, `d2a-vgg`, `d2a-vgg-tiny`.
+    /// The model of a name: a preset (`d2a-resnext50`, `d2a-vgg`, `d2a-vgg-tiny`) followed by
+    /// any of the ablation switches of paper Table 3, each after a `+`: `no-gam`, `no-rab`,
+    /// `no-dam`, `scratch` (no ImageNet weights). E.g. `d2a-vgg+no-gam+no-dam`.
     pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "d2a-resnext50" => Some(Self::paper_resnext50()),
-            "d2a-vgg" => Some(Self::paper_vgg()),
-            "d2a-vgg-tiny" => Some(Self::tiny()),
-            _ => None,
+        let mut parts = name.split('+');
+        let mut cfg = match parts.next()? {
+            "d2a-resnext50" => Self::paper_resnext50(),
+            "d2a-vgg" => Self::paper_vgg(),
+            "d2a-vgg-tiny" => Self::tiny(),
+            _ => return None,
+        };
+        for switch in parts {
+            match switch {
+                "no-gam" => cfg.gam = false,
+                "no-rab" => cfg.rab = false,
+                "no-dam" => cfg.dam = false,
+                "scratch" => cfg.pretrained = false,
+                _ => return None,
+            }
         }
+        Some(cfg)
     }
 
     /// The names [`Config::by_name`] knows.

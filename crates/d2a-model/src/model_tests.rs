@@ -220,3 +220,29 @@ fn imagenet_encoder_loads_under_the_encoder_prefix() -> Result<()> {
     assert_eq!(report.unexpected, ["fc.bias", "fc.weight"]);
     Ok(())
 }
+
+#[test]
+fn ablation_names_switch_modules_off() -> Result<()> {
+    let cfg = Config::by_name("d2a-vgg-tiny+no-gam+no-dam").unwrap();
+    assert!(!cfg.gam && cfg.rab && !cfg.dam);
+    assert!(!Config::by_name("d2a-resnext50+scratch").unwrap().pretrained);
+    assert!(Config::by_name("d2a-vgg-tiny+no-such").is_none());
+    assert!(Config::by_name("unet").is_none());
+    // Each switch removes parameters, and the ablated model still runs.
+    let full = build(&Config::tiny())?.1.cost(64, 64).params();
+    for name in [
+        "d2a-vgg-tiny+no-gam",
+        "d2a-vgg-tiny+no-rab",
+        "d2a-vgg-tiny+no-dam",
+    ] {
+        let (_, model) = build(&Config::by_name(name).unwrap())?;
+        assert!(model.cost(64, 64).params() < full, "{name}");
+        let x = Tensor::zeros(
+            (1, 1, 32, 32),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
+        assert_eq!(model.forward_t(&x, false)?.dims(), &[1, 1, 32, 32]);
+    }
+    Ok(())
+}

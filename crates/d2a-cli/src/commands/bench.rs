@@ -44,12 +44,42 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Time one convolution instead of a model (batch 1, 128 channels, 64x64, 3x3): `forward`
+    /// or `train` (forward + both gradients).
+    #[arg(long, value_enum)]
+    pub op: Option<Op>,
+    /// With `--op`: candle 0.11's own conv2d instead of d2a's kernel, for comparison.
+    #[arg(long, requires = "op")]
+    pub candle: bool,
+}
+
+/// The convolutions of the kernel issue's measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// 128 -> 128, padding 1.
+    ConvDense,
+    /// 128 -> 128, 32 groups, padding 1.
+    ConvGrouped,
+    /// 128 -> 128, dilation 5, padding 5.
+    ConvDilated,
+}
+
+impl Op {
+    /// `(groups, dilation)`.
+    fn geometry(self) -> (usize, usize) {
+        match self {
+            Op::ConvDense => (1, 1),
+            Op::ConvGrouped => (32, 1),
+            Op::ConvDilated => (1, 5),
+        }
+    }
 }
 
 /// The figures `d2a bench` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// Model preset.
+    /// Model preset, or the op with its implementation (`conv-dense`, `conv-dense/candle`, ...).
     pub model: String,
     /// Forward or train.
     pub mode: Mode,
@@ -99,6 +129,9 @@ impl Args {
 
     /// Times `runs` runs after one warm-up.
     pub fn measure(&self) -> Result<BenchReport> {
+        if let Some(op) = self.op {
+            return self.measure_op(op);
+        }
         let cfg = Config::by_name(&self.model).with_context(|| {
             format!(
                 "unknown model {:?}; known: {}",
@@ -130,7 +163,7 @@ impl Args {
             .map(|(_, v)| v)
             .collect();
         let mut opt = Adam::new(vars, AdamConfig::paper())?;
-        let mut once = || -> Result<f64> {
+        let once = || -> Result<f64> {
             let start = Instant::now();
             match self.mode {
                 Mode::Forward => {
@@ -143,14 +176,59 @@ impl Args {
             }
             Ok(start.elapsed().as_secs_f64())
         };
+        self.report(self.model.clone(), (self.batch, self.size), once)
+    }
+
+    /// One 3x3 convolution, batch 1, 128 channels, 64x64.
+    fn measure_op(&self, op: Op) -> Result<BenchReport> {
+        let dev = Device::Cpu;
+        let (groups, dilation) = op.geometry();
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1f32, (1, 128, 64, 64), &dev)?)?;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(
+            0f32,
+            0.1f32,
+            (128, 128 / groups, 3, 3),
+            &dev,
+        )?)?;
+        let cfg = d2a_model::ops::Conv2dConfig::square(1, dilation, dilation, groups);
+        let once = || -> Result<f64> {
+            let start = Instant::now();
+            let y = if self.candle {
+                x.conv2d(&w, dilation, 1, dilation, groups)?
+            } else {
+                d2a_model::ops::conv2d(&x, &w, cfg)?
+            };
+            if self.mode == Mode::Train {
+                y.sum_all()?.backward()?;
+            }
+            Ok(start.elapsed().as_secs_f64())
+        };
+        let name = serde_json::to_value(op)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = if self.candle {
+            format!("{name}/candle")
+        } else {
+            name
+        };
+        self.report(name, (1, 64), once)
+    }
+
+    fn report(
+        &self,
+        model: String,
+        (batch, size): (usize, usize),
+        mut once: impl FnMut() -> Result<f64>,
+    ) -> Result<BenchReport> {
         once()?;
         let mut times = (0..self.runs).map(|_| once()).collect::<Result<Vec<_>>>()?;
         times.sort_by(f64::total_cmp);
         Ok(BenchReport {
-            model: self.model.clone(),
+            model,
             mode: self.mode,
-            batch: self.batch,
-            size: self.size,
+            batch,
+            size,
             runs: self.runs,
             median_s: times[times.len() / 2],
             min_s: times[0],
