@@ -59,6 +59,11 @@ pub struct Manifest {
 
 /// Writes `read` to the new folder `out`; fails if `out` exists.
 pub fn write(read: &ReadResult, options: &ReadOptions, out: &Path) -> Result<Manifest> {
+    if options.size == 0 {
+        return Err(Error::Invalid(
+            "a prepared dataset needs one slice size: choose a positive size".into(),
+        ));
+    }
     if out.exists() {
         return Err(Error::Prepared {
             path: out.to_path_buf(),

@@ -261,13 +261,8 @@ pub fn run(
                 path.display()
             ));
             load_exact(trainer.varmap(), &best_path, "", &[])?;
-            let slices = read_dataset(
-                path,
-                &ReadOptions {
-                    keep_empty: true,
-                    ..ReadOptions::paper()
-                },
-            )?;
+            // Every slice, scored at its own size (as published scores are).
+            let slices = read_dataset(path, &ReadOptions::native())?;
             n_test = slices.len();
             let report = evaluate_slices(trainer.model(), &slices, input, cfg.batch, &device)?;
             write_atomic(

@@ -46,14 +46,9 @@ impl Args {
             load_for_inference(&self.checkpoint, self.model.as_deref(), self.size, &device)
                 .map_err(|e| anyhow!("{e}"))
                 .with_context(|| format!("loading {}", self.checkpoint.display()))?;
-        let slices = read_dataset(
-            &self.data,
-            &ReadOptions {
-                keep_empty: true,
-                ..ReadOptions::paper()
-            },
-        )
-        .with_context(|| format!("reading {}", self.data.display()))?;
+        // Every slice, scored at its own size (as published scores are).
+        let slices = read_dataset(&self.data, &ReadOptions::native())
+            .with_context(|| format!("reading {}", self.data.display()))?;
         if let Some(dir) = &self.overlays {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the overlay folder {}", dir.display()))?;

@@ -19,13 +19,32 @@ use crate::{Error, Result};
 pub struct ReadOptions {
     /// How raw values become [0, 1].
     pub intensity: Intensity,
-    /// Square side every slice is resized to.
+    /// Square side every slice is resized to; 0 keeps each slice's own size (for scoring at
+    /// the original resolution; prepared datasets need a size).
     pub size: usize,
     /// Keep slices without lesion (the paper drops them).
     pub keep_empty: bool,
 }
 
 impl ReadOptions {
+    /// Options for scoring: every slice kept, at its own size.
+    pub const fn native() -> Self {
+        Self {
+            intensity: Intensity::Auto,
+            size: 0,
+            keep_empty: true,
+        }
+    }
+
+    /// `slice` resized to [`ReadOptions::size`] (unchanged when it is 0).
+    pub fn fit(&self, slice: Slice) -> Slice {
+        if self.size == 0 {
+            slice
+        } else {
+            slice.resized(self.size)
+        }
+    }
+
     /// The paper's choices: automatic intensity rule, 512x512, lesion slices only.
     pub const fn paper() -> Self {
         Self {
@@ -77,9 +96,6 @@ pub fn nifti_stem(path: &Path) -> String {
 
 /// Reads images and masks from files or folders; see the module docs.
 pub fn read_source(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<ReadResult> {
-    if opts.size == 0 {
-        return Err(Error::Invalid("the slice size must be positive".into()));
-    }
     if images.is_file() {
         let vol = read_nifti_pair(images, masks, opts)?;
         return Ok(ReadResult {
@@ -216,7 +232,7 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
                     slice_idx: s,
                 },
             };
-            (opts.keep_empty || slice.has_lesion()).then(|| slice.resized(opts.size))
+            (opts.keep_empty || slice.has_lesion()).then(|| opts.fit(slice))
         })
         .collect();
     let sources = [image, mask]
@@ -292,7 +308,7 @@ pub fn read_slice_folders(images: &Path, masks: &Path, opts: &ReadOptions) -> Re
                 slice_idx: 0,
             },
         };
-        Ok((opts.keep_empty || slice.has_lesion()).then(|| slice.resized(opts.size)))
+        Ok((opts.keep_empty || slice.has_lesion()).then(|| opts.fit(slice)))
     };
     let read_all: Vec<Option<Slice>> = pairs.par_iter().map(read).collect::<Result<_>>()?;
     let mut volumes: Vec<String> = pairs.iter().map(|p| volume_of_stem(&p.stem)).collect();
