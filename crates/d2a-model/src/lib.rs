@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod baselines;
 pub mod checkpoint;
 pub mod cost;
 mod d2a_unet;

@@ -237,11 +237,7 @@ fn ablation_names_switch_modules_off() -> Result<()> {
     ] {
         let (_, model) = build(&Config::by_name(name).unwrap())?;
         assert!(model.cost(64, 64).params() < full, "{name}");
-        let x = Tensor::zeros(
-            (1, 1, 32, 32),
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        )?;
+        let x = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu)?;
         assert_eq!(model.forward_t(&x, false)?.dims(), &[1, 1, 32, 32]);
     }
     Ok(())

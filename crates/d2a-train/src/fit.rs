@@ -23,7 +23,7 @@ use crate::loss::dice_bce;
 use crate::optim::{Adam, AdamConfig};
 use crate::schedule::{PlateauConfig, ReduceOnPlateau};
 
-/// What [`fit`] does.
+/// What a [`Trainer`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FitConfig {
     /// Passes over the training set.
@@ -326,24 +326,6 @@ impl Trainer {
         self.state = state;
         Ok(())
     }
-}
-
-/// Trains `model` (built over `varmap`) for `cfg.epochs`, validating after each epoch and
-/// handing each record to `on_epoch`. A NaN or infinite loss stops training with an error.
-pub fn fit(
-    model: D2AUNet,
-    varmap: VarMap,
-    train: &Loader,
-    val: &Validation,
-    cfg: &FitConfig,
-    mut on_epoch: impl FnMut(&Trainer, &EpochRecord) -> Result<()>,
-) -> Result<Trainer> {
-    let mut trainer = Trainer::new(model, varmap, *cfg)?;
-    while trainer.state.epoch < cfg.epochs {
-        let record = trainer.run_epoch(train, val, |_, _, _| {})?;
-        on_epoch(&trainer, &record)?;
-    }
-    Ok(trainer)
 }
 
 #[cfg(test)]
