@@ -332,6 +332,46 @@ impl Trainer {
 mod tests {
     use super::*;
 
+    /// A batch whose loss is NaN (here: a weight gone NaN) stops the epoch with an error naming
+    /// it, before any update, and the trainer's state still says no epoch finished.
+    #[test]
+    fn a_nan_loss_stops_training() -> Result<()> {
+        use candle_core::{DType, Device};
+        use d2a_data::loader::LoaderConfig;
+        let slices = d2a_data::synthetic::phantoms(8, 16, 0);
+        let varmap = VarMap::new();
+        let model = D2AUNet::new(
+            &d2a_model::Config::tiny(),
+            d2a_model::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
+        )?;
+        let (_, head) = trainable_vars(&varmap)
+            .into_iter()
+            .find(|(name, _)| name.starts_with("head"))
+            .expect("the model has a head");
+        head.set(&(head.as_tensor() * f64::NAN)?)?;
+        let cfg = FitConfig {
+            epochs: 1,
+            adam: AdamConfig::paper(),
+            lambda: 1.0,
+            plateau: PlateauConfig::paper(),
+        };
+        let mut trainer = Trainer::new(model, varmap, cfg)?;
+        let loader =
+            Loader::new(slices.clone(), LoaderConfig::eval(4)).map_err(candle_core::Error::wrap)?;
+        let val = Validation {
+            slices,
+            input: 16,
+            batch: 4,
+        };
+        let err = trainer.run_epoch(&loader, &val, |_, _, _| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("loss is NaN at epoch 1, batch 1"),
+            "{err}"
+        );
+        assert_eq!((trainer.state.epoch, trainer.opt.steps()), (0, 0));
+        Ok(())
+    }
+
     #[test]
     fn split_keeps_volumes_whole() {
         let slices = d2a_data::synthetic::phantoms(40, 8, 0);
