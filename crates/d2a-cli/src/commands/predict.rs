@@ -126,7 +126,9 @@ impl Args {
                 .iter()
                 .map(|l| l.iter().map(|&v| u8::from(v >= 0.0)).collect())
                 .collect();
-            let first = &input.slices[0];
+            let Some(first) = input.slices.first() else {
+                bail!("{} holds no slices", path.display())
+            };
             let (h, w) = (first.height, first.width);
             let slices: Vec<SliceSummary> = masks
                 .iter()
