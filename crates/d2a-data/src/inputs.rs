@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use ndarray::Array3;
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
+use nifti::NiftiHeader;
 
-use crate::readers::{is_nifti, nifti_stem};
-use crate::slice::{Intensity, Provenance, Slice, check_finite};
+use crate::readers::{DISPLAY_FULL_SCALE, is_nifti, nifti_stem, read_volume};
+use crate::slice::{Intensity, Provenance, Slice};
 use crate::slice_files::GrayMap;
 use crate::{Error, Result};
 
@@ -72,38 +72,10 @@ pub fn read_input(path: &Path, intensity: Intensity) -> Result<Input> {
 }
 
 fn read_volume_input(path: &Path, intensity: Intensity) -> Result<Input> {
-    let err = |reason: String| Error::Nifti {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| err(e.to_string()))?;
-    let header = obj.header().clone();
-    let array = obj
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| err(e.to_string()))?;
-    let shape = array.shape().to_vec();
-    if shape.len() > 3 && shape[3..].iter().any(|&d| d > 1) {
-        return Err(err(format!(
-            "a {}-D volume of shape {shape:?}; expected 2-D or 3-D",
-            shape.len()
-        )));
-    }
-    let (x, y) = (shape[0], shape.get(1).copied().unwrap_or(1));
-    let z = shape.get(2).copied().unwrap_or(1);
-    let values: Vec<f32> = array.t().iter().copied().collect();
-    let plane = x * y;
-    for s in 0..z {
-        check_finite(&values[s * plane..(s + 1) * plane], path, s)?;
-    }
-    let (min, max) = values
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
-    let rule = intensity.resolve(min, max, 255.0);
+    let vol = read_volume(path)?;
+    let rule = vol.intensity_rule(path, intensity)?;
+    let (x, y, z) = (vol.dims[0], vol.dims[1], vol.dims[2]);
+    let (header, values, plane) = (vol.header, vol.values, x * y);
     let volume = nifti_stem(path);
     let slices = (0..z)
         .map(|s| {
@@ -111,7 +83,8 @@ fn read_volume_input(path: &Path, intensity: Intensity) -> Result<Input> {
             let mut image = vec![0f32; plane];
             for r in 0..y {
                 for c in 0..x {
-                    image[r * x + c] = rule.apply(values[s * plane + c + r * x], 255.0);
+                    image[r * x + c] =
+                        rule.apply(values[s * plane + c + r * x], DISPLAY_FULL_SCALE);
                 }
             }
             Slice {
@@ -169,6 +142,8 @@ pub fn write_mask_volume(info: &VolumeInfo, masks: &[Vec<u8>], path: &Path) -> R
 
 #[cfg(test)]
 mod tests {
+    use nifti::{IntoNdArray as _, NiftiObject as _, ReaderOptions};
+
     use super::*;
 
     #[test]

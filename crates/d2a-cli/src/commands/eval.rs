@@ -3,21 +3,21 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use d2a_data::ReadOptions;
 use d2a_data::dataset::read_dataset;
 use d2a_metrics::{Confusion, Report};
-use d2a_train::infer::{load_for_inference, predict_logits, slice_name};
+use d2a_train::infer::{predict_logits, slice_name};
 
 use crate::overlay::write_overlay;
 
 /// Arguments of `d2a eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A checkpoint written by `d2a train` (best.safetensors or last.safetensors).
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    /// The checkpoint and its model.
+    #[command(flatten)]
+    pub model: super::CheckpointArgs,
     /// Labelled data: a prepared folder or a dataset folder (images/ + masks/).
     #[arg(long, value_name = "DATA")]
     pub data: PathBuf,
@@ -27,25 +27,13 @@ pub struct Args {
     /// Write one overlay PNG per slice into this folder (prediction red, truth green).
     #[arg(long, value_name = "DIR")]
     pub overlays: Option<PathBuf>,
-    /// Model preset, if the checkpoint does not record it.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Model input side [default: the one recorded in the checkpoint].
-    #[arg(long)]
-    pub size: Option<usize>,
-    /// Slices per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
 }
 
 impl Args {
     /// Evaluates and reports.
     pub fn run(self) -> Result<()> {
         let device = Device::Cpu;
-        let loaded =
-            load_for_inference(&self.checkpoint, self.model.as_deref(), self.size, &device)
-                .map_err(|e| anyhow!("{e}"))
-                .with_context(|| format!("loading {}", self.checkpoint.display()))?;
+        let loaded = self.model.load(&device)?;
         // Every slice, scored at its own size (as published scores are).
         let slices = read_dataset(&self.data, &ReadOptions::native())
             .with_context(|| format!("reading {}", self.data.display()))?;
@@ -56,7 +44,13 @@ impl Args {
         let mut named = Vec::with_capacity(slices.len());
         // In chunks, so that the logits of a large dataset are never all in memory.
         for chunk in slices.chunks(64) {
-            let logits = predict_logits(&loaded.model, chunk, loaded.input, self.batch, &device)?;
+            let logits = predict_logits(
+                &loaded.model,
+                chunk,
+                loaded.input,
+                self.model.batch,
+                &device,
+            )?;
             for (s, l) in chunk.iter().zip(&logits) {
                 let truth: Vec<bool> = s.mask.iter().map(|&m| m != 0).collect();
                 let counts = Confusion::from_scores(l, 0.0, &truth)?;
@@ -77,7 +71,7 @@ impl Args {
         let report = Report::new(named)?;
         println!(
             "{} ({}, input {}x{}) on {}: {} slices\n{}",
-            self.checkpoint.display(),
+            self.model.checkpoint.display(),
             loaded.name,
             loaded.input,
             loaded.input,
@@ -86,11 +80,7 @@ impl Args {
             report.table()
         );
         if let Some(path) = &self.json {
-            d2a_train::run::write_atomic(
-                path,
-                (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
-            )
-            .map_err(|e| anyhow!("{e}"))?;
+            super::eval_masks::write_json(path, &report)?;
         }
         Ok(())
     }

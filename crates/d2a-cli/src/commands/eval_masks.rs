@@ -78,7 +78,7 @@ pub fn evaluate(pred_dir: &Path, truth_dir: &Path, threshold: f64) -> Result<Rep
 
 /// Writes `report` as pretty JSON, through a temporary file so that a failed write leaves no
 /// half-written report behind.
-fn write_json(path: &Path, report: &Report) -> Result<()> {
+pub(crate) fn write_json(path: &Path, report: &Report) -> Result<()> {
     let text = serde_json::to_string_pretty(report).context("serialising the report")?;
     let tmp = path.with_extension("json.partial");
     std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;

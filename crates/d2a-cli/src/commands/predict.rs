@@ -10,7 +10,7 @@ use candle_core::Device;
 use d2a_data::Intensity;
 use d2a_data::inputs::{read_input, write_mask_volume};
 use d2a_data::readers::{is_nifti, nifti_stem};
-use d2a_train::infer::{load_for_inference, predict_logits};
+use d2a_train::infer::predict_logits;
 use image::{GrayImage, Luma};
 use serde::Serialize;
 
@@ -19,9 +19,9 @@ use crate::overlay::write_overlay;
 /// Arguments of `d2a predict`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A checkpoint written by `d2a train`.
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    /// The checkpoint and its model.
+    #[command(flatten)]
+    pub model: super::CheckpointArgs,
     /// CT inputs: NIfTI volumes (.nii, .nii.gz) or 2-D slices (PNG, JPEG, BMP, TIFF).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -31,15 +31,6 @@ pub struct Args {
     /// Intensity rule: auto (HU if values leave 0..255), hu or u8.
     #[arg(long, default_value = "auto")]
     pub intensity: Intensity,
-    /// Model preset, if the checkpoint does not record it.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Model input side [default: the one recorded in the checkpoint].
-    #[arg(long)]
-    pub size: Option<usize>,
-    /// Slices per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
     /// Replace outputs that already exist.
     #[arg(long)]
     pub force: bool,
@@ -106,10 +97,7 @@ impl Args {
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("creating the output folder {}", self.out.display()))?;
         let device = Device::Cpu;
-        let loaded =
-            load_for_inference(&self.checkpoint, self.model.as_deref(), self.size, &device)
-                .map_err(|e| anyhow!("{e}"))
-                .with_context(|| format!("loading {}", self.checkpoint.display()))?;
+        let loaded = self.model.load(&device)?;
         for path in &self.inputs {
             let input = read_input(path, self.intensity)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -119,7 +107,7 @@ impl Args {
                 &loaded.model,
                 &input.slices,
                 loaded.input,
-                self.batch,
+                self.model.batch,
                 &device,
             )?;
             let masks: Vec<Vec<u8>> = logits
@@ -167,7 +155,7 @@ impl Args {
             let voxel_ml = input.volume.as_ref().map(|v| v.voxel_ml);
             let summary = Summary {
                 input: path.clone(),
-                checkpoint: self.checkpoint.clone(),
+                checkpoint: self.model.checkpoint.clone(),
                 model: loaded.name.clone(),
                 input_size: loaded.input,
                 mask: mask_path.clone(),

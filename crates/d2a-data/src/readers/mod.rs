@@ -153,10 +153,36 @@ fn list_nifti(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Display full scale of non-HU volumes: 0–255 data is divided by 255 (SPEC §3).
-const DISPLAY_FULL_SCALE: f32 = 255.0;
+pub(crate) const DISPLAY_FULL_SCALE: f32 = 255.0;
 
-/// A NIfTI volume as `(dims [x, y, z], values with x varying fastest)`, scaling applied.
-fn read_volume(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+/// A NIfTI volume as stored: its header, dims `[x, y, z]`, values with x varying fastest
+/// (scaling applied).
+pub(crate) struct RawVolume {
+    pub(crate) header: nifti::NiftiHeader,
+    pub(crate) dims: Vec<usize>,
+    pub(crate) values: Vec<f32>,
+}
+
+impl RawVolume {
+    /// Fails on a non-finite voxel (naming `path` and the slice), else resolves `intensity`
+    /// over the whole volume's range.
+    pub(crate) fn intensity_rule(&self, path: &Path, intensity: Intensity) -> Result<Intensity> {
+        let plane = self.dims[0] * self.dims[1];
+        for (s, values) in self.values.chunks_exact(plane.max(1)).enumerate() {
+            check_finite(values, path, s)?;
+        }
+        let (min, max) = self
+            .values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        Ok(intensity.resolve(min, max, DISPLAY_FULL_SCALE))
+    }
+}
+
+/// Reads a 2-D or 3-D NIfTI volume.
+pub(crate) fn read_volume(path: &Path) -> Result<RawVolume> {
     let err = |reason: String| Error::Nifti {
         path: path.to_path_buf(),
         reason,
@@ -164,6 +190,7 @@ fn read_volume(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| err(e.to_string()))?;
+    let header = obj.header().clone();
     let array = obj
         .into_volume()
         .into_ndarray::<f32>()
@@ -179,15 +206,20 @@ fn read_volume(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let z = dims.get(2).copied().unwrap_or(1);
     // Fortran order: x varies fastest, as the file stores it.
     let values: Vec<f32> = array.t().iter().copied().collect();
-    Ok((vec![x, y, z], values))
+    Ok(RawVolume {
+        header,
+        dims: vec![x, y, z],
+        values,
+    })
 }
 
 /// Reads one image volume and its mask volume: slices along z, transposed to display
 /// orientation (row = y, column = x), every non-zero label merged into lesion.
 pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<ReadResult> {
-    let (dims, values) = read_volume(image)?;
-    let (mask_dims, labels) = read_volume(mask)?;
+    let vol = read_volume(image)?;
+    let mask_vol = read_volume(mask)?;
     let full_scale = DISPLAY_FULL_SCALE;
+    let (dims, mask_dims) = (vol.dims.clone(), mask_vol.dims);
     if dims != mask_dims {
         return Err(Error::MaskShape {
             image: image.to_path_buf(),
@@ -198,15 +230,8 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
     }
     let (x, y, z) = (dims[0], dims[1], dims[2]);
     let plane = x * y;
-    for s in 0..z {
-        check_finite(&values[s * plane..(s + 1) * plane], image, s)?;
-    }
-    let (min, max) = values
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
-    let rule = opts.intensity.resolve(min, max, full_scale);
+    let rule = vol.intensity_rule(image, opts.intensity)?;
+    let (values, labels) = (vol.values, mask_vol.values);
     let volume = nifti_stem(image);
     let slices: Vec<Slice> = (0..z)
         .into_par_iter()
