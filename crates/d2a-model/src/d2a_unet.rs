@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use crate::attention::Gam;
 use crate::cost::{Cost, Shape4};
-use crate::encoders::{DoubleConv, ResNeXt, ResNeXtConfig, Vgg, VggConfig};
+use crate::encoders::{DoubleConv, ResNeXt, ResNeXtConfig, Vgg, VggConfig, imagenet_input};
 use crate::nn::{Conv2d, ConvBn};
 use crate::ops::{Conv2dConfig, up2};
 use crate::rab::Rab;
@@ -202,10 +202,6 @@ pub struct D2AUNet {
     out: Conv2d,
 }
 
-/// ImageNet channel statistics for the ResNeXt input (SPEC §2.1 decision).
-const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
 impl D2AUNet {
     /// Builds the model with weights under `vb`: `encoder.*` (torchvision names for ResNeXt),
     /// `decoder.{0..3}.*`, `head.*`, `out.*`.
@@ -256,19 +252,7 @@ impl D2AUNet {
     fn encoder_input(&self, x: &Tensor) -> Result<Tensor> {
         match self.encoder {
             EncoderNet::Vgg(_) => Ok(x.clone()),
-            EncoderNet::ResNeXt(_) => {
-                let dev = x.device();
-                let mean = Tensor::new(&IMAGENET_MEAN, dev)?
-                    .to_dtype(x.dtype())?
-                    .reshape((1, 3, 1, 1))?;
-                let std = Tensor::new(&IMAGENET_STD, dev)?
-                    .to_dtype(x.dtype())?
-                    .reshape((1, 3, 1, 1))?;
-                // [B, 1, H, W] -> [B, 3, H, W]
-                x.repeat((1, 3, 1, 1))?
-                    .broadcast_sub(&mean)?
-                    .broadcast_div(&std)
-            }
+            EncoderNet::ResNeXt(_) => imagenet_input(x),
         }
     }
 

@@ -2,6 +2,9 @@
 //!
 //! - [`D2AUNet`] with [`Config`] presets `paper_resnext50`, `paper_vgg` and `tiny`, and the
 //!   ablation switches of the paper's Table 3;
+//! - [`baselines`]: U-Net, Attention U-Net, U-Net++, FCN-8s and DeepLab v3 (paper Table 2);
+//! - [`Model`] / [`ModelConfig`]: any of them by name (`ModelConfig::by_name("unet")`), as
+//!   training and the command line use them;
 //! - its blocks: [`encoders`] (ResNeXt/ResNet with torchvision names, VGG-style),
 //!   [`attention`] (GAM, DAM), [`rab`] (residual attention block);
 //! - [`ops`]: convolution, max-pool, bilinear ×2 and attention apply with correct gradients
@@ -24,6 +27,7 @@
 //! let varmap = VarMap::new();
 //! let model = D2AUNet::new(&Config::tiny(), seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
 //! // For trained weights: d2a_model::checkpoint::load_exact(&varmap, path, "", &[])?;
+//! // Any model by name: d2a_model::Model::new(&d2a_model::ModelConfig::by_name("unet").unwrap(), vb)
 //! let ct = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu)?; // [B, 1, H, W] in [0, 1]
 //! let logits = model.forward_t(&ct, false)?; // [B, 1, H, W]
 //! let mask = logits.ge(0.0)?; // lesion where the probability is >= 0.5
@@ -42,12 +46,14 @@ mod d2a_unet;
 pub mod encoders;
 mod error;
 pub mod init;
+mod models;
 pub mod nn;
 pub mod ops;
 pub mod rab;
 
 pub use d2a_unet::{Config, D2AUNet, Encoder};
 pub use error::{Error, Result};
+pub use models::{Model, ModelConfig, Pretrained};
 
 #[cfg(test)]
 mod test_support;

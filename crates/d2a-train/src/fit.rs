@@ -10,7 +10,7 @@ use candle_nn::VarMap;
 use d2a_data::Slice;
 use d2a_data::loader::Loader;
 use d2a_metrics::{Confusion, Summary};
-use d2a_model::D2AUNet;
+use d2a_model::Model;
 use d2a_model::checkpoint::{
     load_exact, read_metadata, read_tensors, save_tensors, trainable_vars,
 };
@@ -100,7 +100,7 @@ pub struct Validation {
 /// Mean per-slice loss and the metrics of `model` (eval mode) on `val`: each slice predicted at
 /// the input side, its logits resized back to the slice's size, and scored there (as the test
 /// set is).
-pub fn evaluate(model: &D2AUNet, val: &Validation, lambda: f64) -> Result<(f64, Summary)> {
+pub fn evaluate(model: &Model, val: &Validation, lambda: f64) -> Result<(f64, Summary)> {
     let mut counts: Vec<Confusion> = Vec::with_capacity(val.slices.len());
     let mut loss_sum = 0.0;
     let device = candle_core::Device::Cpu;
@@ -156,7 +156,7 @@ impl TrainState {
 /// number, so a trainer restored from a checkpoint after epoch `e` continues bit for bit as the
 /// uninterrupted run would have.
 pub struct Trainer {
-    model: D2AUNet,
+    model: Model,
     varmap: VarMap,
     names: Vec<String>,
     opt: Adam,
@@ -173,7 +173,7 @@ pub const STATE_KEY: &str = "d2a.train_state";
 
 impl Trainer {
     /// A trainer for `model`, built over `varmap`, with fresh optimiser state.
-    pub fn new(model: D2AUNet, varmap: VarMap, cfg: FitConfig) -> Result<Self> {
+    pub fn new(model: Model, varmap: VarMap, cfg: FitConfig) -> Result<Self> {
         let (names, vars): (Vec<String>, Vec<Var>) = trainable_vars(&varmap).into_iter().unzip();
         let opt = Adam::new(vars, cfg.adam)?;
         Ok(Self {
@@ -193,7 +193,7 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &D2AUNet {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -340,8 +340,8 @@ mod tests {
         use d2a_data::loader::LoaderConfig;
         let slices = d2a_data::synthetic::phantoms(8, 16, 0);
         let varmap = VarMap::new();
-        let model = D2AUNet::new(
-            &d2a_model::Config::tiny(),
+        let model = Model::new(
+            &d2a_model::ModelConfig::D2A(d2a_model::Config::tiny()),
             d2a_model::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
         )?;
         let (_, head) = trainable_vars(&varmap)

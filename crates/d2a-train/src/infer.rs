@@ -4,7 +4,7 @@ use candle_core::{Device, Result, Tensor};
 use d2a_data::Slice;
 use d2a_data::slice::resize_bilinear;
 use d2a_metrics::{Confusion, Report};
-use d2a_model::D2AUNet;
+use d2a_model::{Model, ModelConfig};
 
 /// A slice's name in reports: the file stem of a 2-D file, `<stem>_<index>` within a volume.
 pub fn slice_name(slice: &Slice) -> String {
@@ -29,7 +29,7 @@ pub fn slice_name(slice: &Slice) -> String {
 /// Logits of `model` (eval mode) for every slice: each is resized to `input x input`, predicted
 /// in batches of `batch`, and its logit map resized back (bilinear) to the slice's own size.
 pub fn predict_logits(
-    model: &D2AUNet,
+    model: &Model,
     slices: &[Slice],
     input: usize,
     batch: usize,
@@ -68,7 +68,7 @@ pub fn predict_logits(
 /// The paper's metrics of `model` on `slices`, predicted at `input` and scored at each slice's
 /// own size (lesion where the logit is ≥ 0, i.e. probability ≥ 0.5).
 pub fn evaluate_slices(
-    model: &D2AUNet,
+    model: &Model,
     slices: &[Slice],
     input: usize,
     batch: usize,
@@ -91,7 +91,7 @@ pub fn evaluate_slices(
 /// A model loaded for inference: the network, its preset name and its input side.
 pub struct LoadedModel {
     /// The network (eval mode is chosen per call).
-    pub model: D2AUNet,
+    pub model: Model,
     /// Preset name.
     pub name: String,
     /// Input side the model was trained for.
@@ -115,15 +115,15 @@ pub fn load_for_inference(
             return Err(format!(
                 "{} does not say which model it holds; pass --model ({})",
                 checkpoint.display(),
-                d2a_model::Config::NAMES.join(", ")
+                ModelConfig::NAMES.join(", ")
             )
             .into());
         }
     };
-    let cfg = d2a_model::Config::by_name(&name).ok_or_else(|| {
+    let cfg = ModelConfig::by_name(&name).ok_or_else(|| {
         format!(
             "unknown model {name:?}; known: {}",
-            d2a_model::Config::NAMES.join(", ")
+            ModelConfig::NAMES.join(", ")
         )
     })?;
     let input = match input.or_else(|| meta.get(INPUT_SIZE_KEY).and_then(|s| s.parse().ok())) {
@@ -138,7 +138,7 @@ pub fn load_for_inference(
         None => 512,
     };
     let varmap = candle_nn::VarMap::new();
-    let net = D2AUNet::new(
+    let net = Model::new(
         &cfg,
         d2a_model::init::seeded_var_builder(&varmap, 0, candle_core::DType::F32, device),
     )?;

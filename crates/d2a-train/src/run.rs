@@ -17,7 +17,7 @@ use d2a_data::{ReadOptions, Slice};
 use d2a_metrics::Report;
 use d2a_model::checkpoint::load_exact;
 use d2a_model::init::seeded_var_builder;
-use d2a_model::{Config, D2AUNet};
+use d2a_model::{Model, ModelConfig, Pretrained};
 use serde::{Deserialize, Serialize};
 
 use crate::curves::write_curves;
@@ -45,8 +45,13 @@ pub enum TrainData {
 /// Everything a run needs; written as `config.json` and read back by `--resume`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
-    /// Model preset (`d2a_model::Config::NAMES`).
+    /// Model name (`d2a_model::ModelConfig::by_name`: `d2a-vgg`, `unet`, ...).
     pub model: String,
+    /// The ImageNet backbone of a pretrained model (`d2a-resnext50`, the ResNet-101 baselines);
+    /// `None`: `weights/<torchvision name>.safetensors`, as `cargo xtask convert-weights`
+    /// writes it.
+    #[serde(default)]
+    pub backbone: Option<PathBuf>,
     /// Training data; the validation split is taken from it by volume.
     pub train: TrainData,
     /// Test data, scored once at the end; never used to choose anything.
@@ -153,6 +158,9 @@ pub fn run(
         }
         cfg
     } else {
+        // Before anything of an existing run is replaced.
+        check(cfg)?;
+        check_backbone(cfg)?;
         if config_path.exists() {
             if existing == Existing::Refuse {
                 return Err(err(format!(
@@ -182,7 +190,7 @@ pub fn run(
         (serde_json::to_string_pretty(&cfg)? + "\n").as_bytes(),
     )?;
 
-    let model_cfg = Config::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
+    let model_cfg = ModelConfig::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
     let slices = load_train(&cfg, observer)?;
     let (train, val) = split_by_volume(slices, cfg.val_fraction, cfg.seed);
     if train.is_empty() || val.is_empty() {
@@ -204,10 +212,20 @@ pub fn run(
 
     let device = Device::Cpu;
     let varmap = VarMap::new();
-    let model = D2AUNet::new(
+    let model = Model::new(
         &model_cfg,
         seeded_var_builder(&varmap, cfg.seed, DType::F32, &device),
     )?;
+    if existing != Existing::Resume
+        && let Some((pretrained, path)) = backbone_file(&cfg, &model_cfg)
+    {
+        let report = load_exact(&varmap, &path, pretrained.prefix, &["fc."])?;
+        observer.message(&format!(
+            "encoder initialised from ImageNet weights {} ({} tensors)",
+            path.display(),
+            report.loaded
+        ));
+    }
     let mut trainer = Trainer::new(model, varmap, cfg.fit)?;
     if existing == Existing::Resume {
         trainer.restore(&last)?;
@@ -285,21 +303,48 @@ pub fn run(
 /// paper's 560/448), rounded to the model's size multiple, so that inference sees lesions at
 /// the scale training did.
 pub fn eval_size(cfg: &RunConfig) -> usize {
-    let multiple = Config::by_name(&cfg.model).map_or(16, |c| c.size_multiple());
+    let multiple = ModelConfig::by_name(&cfg.model).map_or(16, |c| c.size_multiple());
     let side = AugmentConfig::for_crop(cfg.size).resize;
     (side.div_ceil(multiple) * multiple).max(multiple)
+}
+
+/// The ImageNet weights a pretrained model starts from, and where they are read.
+fn backbone_file(cfg: &RunConfig, model: &ModelConfig) -> Option<(Pretrained, PathBuf)> {
+    let pretrained = model.pretrained()?;
+    let path = cfg.backbone.clone().unwrap_or_else(|| {
+        PathBuf::from("weights").join(format!("{}.safetensors", pretrained.name))
+    });
+    Some((pretrained, path))
+}
+
+/// Checks that the ImageNet weights a fresh run of a pretrained model needs exist.
+fn check_backbone(cfg: &RunConfig) -> Result<(), BoxError> {
+    let model = ModelConfig::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
+    if let Some((pretrained, path)) = backbone_file(cfg, &model)
+        && !path.is_file()
+    {
+        return Err(err(format!(
+            "{} starts from ImageNet {} weights, and {} does not exist: run `cargo xtask \
+             convert-weights` (or pass --backbone FILE), or train `{}+scratch`",
+            cfg.model,
+            pretrained.name,
+            path.display(),
+            cfg.model
+        )));
+    }
+    Ok(())
 }
 
 fn unknown_model(name: &str) -> BoxError {
     err(format!(
         "unknown model {name:?}; known: {}",
-        Config::NAMES.join(", ")
+        ModelConfig::NAMES.join(", ")
     ))
 }
 
 /// Checks the numbers of a configuration.
 fn check(cfg: &RunConfig) -> Result<(), BoxError> {
-    let model = Config::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
+    let model = ModelConfig::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
     let multiple = model.size_multiple();
     if cfg.size == 0 || !cfg.size.is_multiple_of(multiple) {
         return Err(err(format!(

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use d2a_model::checkpoint::trainable_vars;
 use d2a_model::init::seeded_var_builder;
-use d2a_model::{Config, D2AUNet};
+use d2a_model::{Model, ModelConfig};
 use d2a_train::loss::dice_bce;
 use d2a_train::optim::{Adam, AdamConfig};
 use serde::Serialize;
@@ -132,11 +132,11 @@ impl Args {
         if let Some(op) = self.op {
             return self.measure_op(op);
         }
-        let cfg = Config::by_name(&self.model).with_context(|| {
+        let cfg = ModelConfig::by_name(&self.model).with_context(|| {
             format!(
                 "unknown model {:?}; known: {}",
                 self.model,
-                Config::NAMES.join(", ")
+                ModelConfig::NAMES.join(", ")
             )
         })?;
         let multiple = cfg.size_multiple();
@@ -152,7 +152,7 @@ impl Args {
         }
         let dev = Device::Cpu;
         let varmap = VarMap::new();
-        let model = D2AUNet::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &dev))?;
+        let model = Model::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &dev))?;
         let shape = (self.batch, 1, self.size, self.size);
         let x = Tensor::randn(0f32, 1f32, shape, &dev)?;
         let y = Tensor::rand(0f32, 1f32, shape, &dev)?

@@ -1,25 +1,32 @@
-//! `d2a info`: a model's parameter and multiply-add counts at an input size, from shapes alone.
+//! `d2a info`: a model's parameter and multiply-add counts at an input size, from shapes alone;
+//! `--all` for the table of every model (`docs/models.md` is `d2a info --all --markdown`).
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use d2a_model::{Config, D2AUNet};
+use d2a_model::{Model, ModelConfig};
 use serde::Serialize;
 
 /// Arguments of `d2a info`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model name: d2a-resnext50, d2a-vgg or d2a-vgg-tiny.
+    /// Model name (see `--all`).
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub model: Option<String>,
+    /// Every model of the paper's Table 2 (and ours), one row each.
     #[arg(long)]
-    pub model: String,
+    pub all: bool,
     /// Side of the square input slice `[1, 1, S, S]`.
     #[arg(long, default_value_t = 512)]
     pub size: usize,
-    /// Print JSON: {"model", "params", "macs", "input"}.
-    #[arg(long)]
+    /// Print JSON: {"model", "reference", "params", "macs", "input"} (one per line with --all).
+    #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
+    /// With --all: print the table as Markdown (the body of docs/models.md).
+    #[arg(long, requires = "all")]
+    pub markdown: bool,
     /// Also list every layer's parameters and MACs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pub layers: bool,
 }
 
@@ -28,6 +35,8 @@ pub struct Args {
 pub struct Info {
     /// The model name.
     pub model: String,
+    /// Its name in the paper.
+    pub reference: String,
     /// Trainable parameters.
     pub params: u64,
     /// Multiply-adds of convolutions and linear layers for one slice.
@@ -36,52 +45,136 @@ pub struct Info {
     pub input: [usize; 4],
 }
 
+/// The counts of model `name` for one `size x size` slice, and the built model.
+pub fn info(name: &str, size: usize) -> Result<(Info, Model)> {
+    let Some(cfg) = ModelConfig::by_name(name) else {
+        bail!(
+            "unknown model {name:?}; known: {}",
+            ModelConfig::NAMES.join(", ")
+        )
+    };
+    let m = cfg.size_multiple();
+    if size == 0 || !size.is_multiple_of(m) {
+        bail!("--size must be a positive multiple of {m} for {name}, got {size}")
+    }
+    // Zero weights are enough to walk the layers; nothing is run.
+    let model = Model::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))
+        .with_context(|| format!("building {name}"))?;
+    let cost = model.cost(size, size);
+    let info = Info {
+        model: name.to_string(),
+        reference: cfg.reference().to_string(),
+        params: cost.params(),
+        macs: cost.macs(),
+        input: [1, 1, size, size],
+    };
+    Ok((info, model))
+}
+
+/// The Markdown table of every model at `size`: what `docs/models.md` holds.
+pub fn markdown_table(size: usize) -> Result<String> {
+    let mut out = format!(
+        "| model | paper's name | parameters | GMACs at 1x1x{size}x{size} | GFLOPs |\n|---|---|---:|---:|---:|\n"
+    );
+    for name in ModelConfig::NAMES {
+        let (i, _) = info(name, size)?;
+        out += &format!(
+            "| `{}` | {} | {} | {:.1} | {:.1} |\n",
+            i.model,
+            i.reference,
+            thousands(i.params),
+            i.macs as f64 / 1e9,
+            2.0 * i.macs as f64 / 1e9
+        );
+    }
+    Ok(out)
+}
+
+/// `31383681` -> `31,383,681`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl Args {
     /// Prints the counts.
     pub fn run(self) -> Result<()> {
-        let Some(cfg) = Config::by_name(&self.model) else {
-            bail!(
-                "unknown model {:?}; known: {}",
-                self.model,
-                Config::NAMES.join(", ")
-            )
-        };
-        let m = cfg.size_multiple();
-        if self.size == 0 || !self.size.is_multiple_of(m) {
-            bail!(
-                "--size must be a positive multiple of {m} for {}, got {}",
-                self.model,
-                self.size
-            )
+        if self.all {
+            if self.markdown {
+                print!("{}", markdown_table(self.size)?);
+                return Ok(());
+            }
+            for name in ModelConfig::NAMES {
+                self.print(&info(name, self.size)?.0)?;
+            }
+            return Ok(());
         }
-        // Zero weights are enough to walk the layers; nothing is run.
-        let model = D2AUNet::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))
-            .context("building the model")?;
-        let cost = model.cost(self.size, self.size);
-        let info = Info {
-            model: self.model.clone(),
-            params: cost.params(),
-            macs: cost.macs(),
-            input: [1, 1, self.size, self.size],
-        };
-        if self.json {
-            println!("{}", serde_json::to_string(&info)?);
-        } else {
-            println!(
-                "{}: {} parameters, {:.1} GMACs ({:.1} GFLOPs) at 1x1x{}x{}",
-                info.model,
-                info.params,
-                info.macs as f64 / 1e9,
-                2.0 * info.macs as f64 / 1e9,
-                self.size,
-                self.size
-            );
-        }
+        let name = self.model.as_deref().unwrap_or_default();
+        let (info, model) = info(name, self.size)?;
+        self.print(&info)?;
         if self.layers {
-            for layer in &cost.layers {
+            for layer in &model.cost(self.size, self.size).layers {
                 println!("{:<50} {:>12} {:>16}", layer.name, layer.params, layer.macs);
             }
         }
+        Ok(())
+    }
+
+    fn print(&self, info: &Info) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string(info)?);
+        } else {
+            println!(
+                "{:<22} {:>12} parameters, {:>6.1} GMACs ({:.1} GFLOPs) at 1x1x{}x{}  [{}]",
+                info.model,
+                thousands(info.params),
+                info.macs as f64 / 1e9,
+                2.0 * info.macs as f64 / 1e9,
+                self.size,
+                self.size,
+                info.reference
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(31_383_681), "31,383,681");
+    }
+
+    /// `docs/models.md` holds what `d2a info --all --markdown` prints today.
+    #[test]
+    fn docs_models_md_is_current() -> Result<()> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/models.md");
+        let text = std::fs::read_to_string(&path)?;
+        let (begin, end) = (
+            "<!-- BEGIN d2a info --all --markdown -->\n",
+            "<!-- END d2a info --all --markdown -->",
+        );
+        let start = text.find(begin).context("no BEGIN marker")? + begin.len();
+        let stop = text.find(end).context("no END marker")?;
+        assert_eq!(
+            &text[start..stop],
+            markdown_table(512)?,
+            "{} is out of date: paste `cargo run -p d2a-cli -- info --all --markdown` between its markers",
+            path.display()
+        );
         Ok(())
     }
 }

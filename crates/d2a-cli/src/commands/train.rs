@@ -24,9 +24,15 @@ pub struct Args {
     /// Test data, scored once at the end with the best-on-validation weights.
     #[arg(long, value_name = "DATA")]
     pub test: Option<PathBuf>,
-    /// Model preset: d2a-resnext50, d2a-vgg, d2a-vgg-tiny.
+    /// Model: d2a-resnext50, d2a-vgg, d2a-vgg-tiny (with ablations such as +no-gam, +scratch),
+    /// or a baseline: unet, attention-unet, unet-pp, fcn8s-resnet101, deeplabv3-resnet101
+    /// (append -tiny for a reduced width). `d2a info --all` lists them.
     #[arg(long, default_value = "d2a-vgg-tiny")]
     pub model: String,
+    /// ImageNet weights of a pretrained model's encoder [default:
+    /// weights/<resnext50_32x4d|resnet101>.safetensors, from `cargo xtask convert-weights`].
+    #[arg(long, value_name = "FILE")]
+    pub backbone: Option<PathBuf>,
     /// Epochs [default: 30 on real data, 16 on phantoms].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -176,6 +182,7 @@ impl Args {
         let lr = self.lr.unwrap_or(if synthetic { 3e-3 } else { 1e-4 });
         Ok(RunConfig {
             model: self.model.clone(),
+            backbone: self.backbone.clone(),
             train,
             test: self.test.clone(),
             size,

@@ -4,7 +4,7 @@
 mod resnext;
 mod vgg;
 
-pub use resnext::{ResNeXt, ResNeXtConfig};
+pub use resnext::{ResNeXt, ResNeXtConfig, imagenet_input};
 pub use vgg::{DoubleConv, Vgg, VggConfig};
 
 #[cfg(test)]

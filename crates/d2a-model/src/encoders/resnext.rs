@@ -2,7 +2,9 @@
 //!
 //! The features are `e0 = relu(bn1(conv1(x)))` (stride 2, 64 channels) and the outputs of
 //! `layer1` (after the 3x3/2 max-pool) to `layer4` (strides 4 to 32, 256 to 2048 channels). The
-//! bottleneck puts its stride on the 3x3 grouped conv (torchvision's "ResNet v1.5").
+//! bottleneck puts its stride on the 3x3 grouped conv (torchvision's "ResNet v1.5"). An output
+//! stride of 16 or 8 replaces the strides of `layer4` (and `layer3`) by dilation, as torchvision's
+//! `replace_stride_with_dilation` does for DeepLab v3.
 
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -20,6 +22,12 @@ pub struct ResNeXtConfig {
     pub groups: usize,
     /// Channels per group at `layer1` (torchvision's `width_per_group`).
     pub width_per_group: usize,
+    /// Channels of the stem (64 in every torchvision model; smaller for tests). The stages
+    /// have 4, 8, 16 and 32 times as many.
+    pub stem_width: usize,
+    /// Stride of `layer4` relative to the input: 32, or 16 / 8 with dilated `layer4` /
+    /// `layer3` and `layer4` (DeepLab v3).
+    pub output_stride: usize,
 }
 
 impl ResNeXtConfig {
@@ -29,6 +37,8 @@ impl ResNeXtConfig {
             layers: [3, 4, 6, 3],
             groups: 32,
             width_per_group: 4,
+            stem_width: 64,
+            output_stride: 32,
         }
     }
 
@@ -38,6 +48,8 @@ impl ResNeXtConfig {
             layers: [3, 4, 23, 3],
             groups: 1,
             width_per_group: 64,
+            stem_width: 64,
+            output_stride: 32,
         }
     }
 
@@ -47,12 +59,34 @@ impl ResNeXtConfig {
             layers: [1, 1, 1, 1],
             groups: 8,
             width_per_group: 4,
+            stem_width: 64,
+            output_stride: 32,
         }
+    }
+
+    /// A ResNet with one block per stage and a stem of 8 channels: the backbone of the
+    /// baselines' tests and quick runs.
+    pub const fn resnet_tiny() -> Self {
+        Self {
+            layers: [1, 1, 1, 1],
+            groups: 1,
+            width_per_group: 64,
+            stem_width: 8,
+            output_stride: 32,
+        }
+    }
+
+    /// The same network with `layer4` (16) or `layer3` and `layer4` (8) dilated instead of
+    /// strided.
+    pub const fn with_output_stride(mut self, output_stride: usize) -> Self {
+        self.output_stride = output_stride;
+        self
     }
 
     /// Channels of `e0..e4`.
     pub const fn channels(&self) -> [usize; 5] {
-        [64, 256, 512, 1024, 2048]
+        let s = self.stem_width;
+        [s, 4 * s, 8 * s, 16 * s, 32 * s]
     }
 }
 
@@ -69,7 +103,7 @@ impl Bottleneck {
     fn new(
         c_in: usize,
         planes: usize,
-        stride: usize,
+        (stride, dilation): (usize, usize),
         cfg: &ResNeXtConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
@@ -77,7 +111,7 @@ impl Bottleneck {
         let c_out = planes * 4;
         let one = Conv2dConfig::plain();
         let reduce = ConvBn::new((c_in, width, 1), one, true, vb.pp("conv1"), vb.pp("bn1"))?;
-        let grouped_cfg = Conv2dConfig::square(stride, 1, 1, cfg.groups);
+        let grouped_cfg = Conv2dConfig::square(stride, dilation, dilation, cfg.groups);
         let grouped = ConvBn::new(
             (width, width, 3),
             grouped_cfg,
@@ -135,6 +169,28 @@ impl ModuleT for Bottleneck {
     }
 }
 
+/// ImageNet channel statistics for the ResNeXt/ResNet input (SPEC §2.1 decision).
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A CT slice in [0, 1] as an ImageNet backbone's input: the channel repeated three times and
+/// normalised with ImageNet's per-channel mean and standard deviation.
+///
+/// # Shapes
+/// `[B, 1, H, W] -> [B, 3, H, W]`
+pub fn imagenet_input(x: &Tensor) -> Result<Tensor> {
+    let dev = x.device();
+    let mean = Tensor::new(&IMAGENET_MEAN, dev)?
+        .to_dtype(x.dtype())?
+        .reshape((1, 3, 1, 1))?;
+    let std = Tensor::new(&IMAGENET_STD, dev)?
+        .to_dtype(x.dtype())?
+        .reshape((1, 3, 1, 1))?;
+    x.repeat((1, 3, 1, 1))?
+        .broadcast_sub(&mean)?
+        .broadcast_div(&std)
+}
+
 /// A ResNeXt/ResNet without its pooling and classifier.
 #[derive(Debug, Clone)]
 pub struct ResNeXt {
@@ -146,23 +202,39 @@ impl ResNeXt {
     /// Builds the encoder; weights at torchvision's names under `vb` (`conv1.weight`,
     /// `layer2.0.downsample.1.running_var`, ...).
     pub fn new(cfg: &ResNeXtConfig, vb: VarBuilder) -> Result<Self> {
+        let dilate = match cfg.output_stride {
+            32 => [false, false],
+            16 => [false, true],
+            8 => [true, true],
+            os => candle_core::bail!("ResNeXt: output stride must be 32, 16 or 8, got {os}"),
+        };
         let stem = ConvBn::new(
-            (3, 64, 7),
+            (3, cfg.stem_width, 7),
             Conv2dConfig::square(2, 3, 1, 1),
             true,
             vb.pp("conv1"),
             vb.pp("bn1"),
         )?;
-        let mut c_in = 64;
+        let mut c_in = cfg.stem_width;
         let mut layers = Vec::with_capacity(4);
+        // torchvision's rule: a dilated layer's first block keeps the previous dilation, its
+        // stride becomes 1, and the following blocks use the doubled dilation.
+        let mut dilation = 1;
         for (i, &n_blocks) in cfg.layers.iter().enumerate() {
-            let planes = 64 << i;
+            let planes = cfg.stem_width << i;
             let vb_layer = vb.pp(format!("layer{}", i + 1));
             let mut blocks = Vec::with_capacity(n_blocks);
+            let first_dilation = dilation;
+            let mut stride = if i == 0 { 1 } else { 2 };
+            if i >= 2 && dilate[i - 2] {
+                dilation *= stride;
+                stride = 1;
+            }
             for j in 0..n_blocks {
-                let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                blocks.push(Bottleneck::new(c_in, planes, stride, cfg, vb_layer.pp(j))?);
+                let d = if j == 0 { first_dilation } else { dilation };
+                blocks.push(Bottleneck::new(c_in, planes, (stride, d), cfg, vb_layer.pp(j))?);
                 c_in = planes * 4;
+                stride = 1;
             }
             layers.push(blocks);
         }

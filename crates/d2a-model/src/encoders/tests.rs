@@ -59,6 +59,7 @@ fn loading_reports_every_key_that_does_not_fit() -> Result<()> {
         layers: [2, 1, 1, 1],
         groups: 8,
         width_per_group: 8,
+        ..ResNeXtConfig::tiny()
     };
     ResNeXt::new(
         &cfg,

@@ -1,6 +1,6 @@
 //! Ops the model needs whose candle 0.11 versions are wrong or missing, each differentiable:
 //! [`conv2d`] (any stride, padding, dilation, groups), [`max_pool2d`] (with padding), [`up2`]
-//! (bilinear ×2) and [`attend`] (fused attention apply).
+//! and [`resize_bilinear`] (bilinear) and [`attend`] (fused attention apply).
 //!
 //! The kernels run on the CPU in f32 and f64; every one has a finite-difference gradient test in
 //! f64 and a parity test against PyTorch (`shared/fixtures/ops_io.safetensors`).
@@ -16,7 +16,7 @@ pub use attention::attend;
 pub use batch_norm::{BnStats, batch_norm_act};
 pub use conv::{Conv2dConfig, conv2d};
 pub use pool::max_pool2d;
-pub use upsample::up2;
+pub use upsample::{resize_bilinear, up2};
 
 #[cfg(test)]
 mod tests;

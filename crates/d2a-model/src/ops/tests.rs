@@ -324,6 +324,33 @@ fn up2_gradient_and_known_values() -> Result<()> {
 }
 
 #[test]
+fn resize_gradient_and_pytorch_values() -> Result<()> {
+    for (i, (dims, to)) in [
+        ([1, 2, 3, 5], (7, 11)),
+        ([2, 1, 4, 4], (32, 12)),
+        ([1, 1, 6, 5], (4, 2)),
+        ([1, 1, 1, 1], (3, 3)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_gradients(
+            |t| resize_bilinear(&t[0], to),
+            &[pseudo_random(&dims, 10 + i as u64)?],
+        )?;
+    }
+    // torch.nn.functional.interpolate(torch.tensor([[[[0., 8.]]]]), size=(1, 5),
+    // mode="bilinear") = [0.0, 0.8, 4.0, 7.2, 8.0]
+    let x = Tensor::new(&[[[[0f32, 8.0]]]], &Device::Cpu)?;
+    let y = resize_bilinear(&x, (1, 5))?.flatten_all()?.to_vec1::<f32>()?;
+    for (a, b) in y.iter().zip([0.0, 0.8, 4.0, 7.2, 8.0]) {
+        assert!((a - b).abs() < 1e-5, "{y:?}");
+    }
+    assert!(resize_bilinear(&x, (0, 5)).is_err());
+    Ok(())
+}
+
+#[test]
 fn up2_gradient_accumulates_with_other_uses() -> Result<()> {
     // candle's nearest upsampling overwrote gradients that other uses of its input had added.
     let x = Var::from_tensor(&pseudo_random(&[1, 2, 3, 4], 5)?)?;
