@@ -60,7 +60,10 @@ fn overfits(name: &str, target: f64) -> anyhow::Result<()> {
     let (x, y) = blobs()?;
     let cfg = ModelConfig::by_name(name).ok_or_else(|| anyhow::anyhow!("unknown model {name}"))?;
     let varmap = VarMap::new();
-    let model = Model::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
+    let model = Model::new(
+        &cfg,
+        seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
+    )?;
     let params = ParamsAdamW {
         lr: 3e-3,
         weight_decay: 0.0,

@@ -349,6 +349,109 @@ fn info_prints_the_spec_counts() {
 }
 
 #[test]
+fn info_all_lists_every_model() {
+    let out = d2a(&["info", "--all", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["model"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 8, "{names:?}");
+    for name in [
+        "unet",
+        "attention-unet",
+        "unet-pp",
+        "fcn8s-resnet101",
+        "deeplabv3-resnet101",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+}
+
+#[test]
+fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("unet");
+    let out = d2a(&[
+        "train",
+        "--model",
+        "unet-tiny",
+        "--epochs",
+        "1",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"], "unet-tiny");
+    // The checkpoint says which model it holds: eval rebuilds a U-Net from it.
+    assert!(run.join("best.safetensors").is_file());
+
+    // No ImageNet weights where the model looks for them: refused before anything is written,
+    // with the ways out named.
+    let run = tmp.path().join("fcn");
+    let missing = tmp.path().join("nothing.safetensors");
+    let out = d2a(&[
+        "train",
+        "--model",
+        "fcn8s-resnet101-tiny+scratch",
+        "--epochs",
+        "1",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = tmp.path().join("deeplab");
+    let out = d2a(&[
+        "train",
+        "--model",
+        "deeplabv3-resnet101",
+        "--backbone",
+        missing.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in [
+        "nothing.safetensors",
+        "convert-weights",
+        "deeplabv3-resnet101+scratch",
+    ] {
+        assert!(stderr.contains(needle), "{needle} not in: {stderr}");
+    }
+    assert!(!run.exists());
+}
+
+#[test]
 fn prepare_counts_slice_folders_and_refuses_truncated_files() {
     let tmp = tempfile::tempdir().unwrap();
     let (images, masks) = (tmp.path().join("images"), tmp.path().join("masks"));

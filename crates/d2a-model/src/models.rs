@@ -11,8 +11,8 @@ use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::baselines::{
-    AttentionUNet, DeepLabV3, DeepLabV3Config, Fcn8s, Fcn8sConfig, UNet, UNetConfig,
-    UNetPlusPlus, UNetPlusPlusConfig,
+    AttentionUNet, DeepLabV3, DeepLabV3Config, Fcn8s, Fcn8sConfig, UNet, UNetConfig, UNetPlusPlus,
+    UNetPlusPlusConfig,
 };
 use crate::cost::Cost;
 use crate::{Config, D2AUNet, Encoder};
@@ -71,7 +71,10 @@ impl ModelConfig {
             None => (base, false),
         };
         let (paper, small) = match base {
-            "unet" => (Self::UNet(UNetConfig::paper()), Self::UNet(UNetConfig::tiny())),
+            "unet" => (
+                Self::UNet(UNetConfig::paper()),
+                Self::UNet(UNetConfig::tiny()),
+            ),
             "attention-unet" => (
                 Self::AttentionUNet(UNetConfig::paper()),
                 Self::AttentionUNet(UNetConfig::tiny()),

@@ -78,7 +78,14 @@ impl DeepLabV3 {
         };
         let mut branches = vec![unit(c, 1, 1, aspp.pp("convs.0"), "0", "1")?];
         for (i, &rate) in cfg.rates.iter().enumerate() {
-            branches.push(unit(c, 3, rate, aspp.pp(format!("convs.{}", i + 1)), "0", "1")?);
+            branches.push(unit(
+                c,
+                3,
+                rate,
+                aspp.pp(format!("convs.{}", i + 1)),
+                "0",
+                "1",
+            )?);
         }
         Ok(Self {
             backbone: ResNeXt::new(&backbone_cfg, vb.pp("backbone"))?,
@@ -86,14 +93,7 @@ impl DeepLabV3 {
             pooling: unit(c, 1, 1, aspp.pp("convs.4"), "1", "2")?,
             project: unit(5 * a, 1, 1, aspp.pp("project"), "0", "1")?,
             head: unit(a, 3, 1, vb.clone(), "classifier.1", "classifier.2")?,
-            out: Conv2d::new(
-                a,
-                1,
-                1,
-                Conv2dConfig::plain(),
-                true,
-                vb.pp("classifier.4"),
-            )?,
+            out: Conv2d::new(a, 1, 1, Conv2dConfig::plain(), true, vb.pp("classifier.4"))?,
         })
     }
 
@@ -136,14 +136,10 @@ impl ModuleT for DeepLabV3 {
             .iter()
             .map(|b| b.forward_t(&f, train))
             .collect::<Result<Vec<_>>>()?;
-        let pooled = self
-            .pooling
-            .forward_t(&f.mean_keepdim((2, 3))?, train)?;
+        let pooled = self.pooling.forward_t(&f.mean_keepdim((2, 3))?, train)?;
         let dims = parts[0].dims().to_vec();
         parts.push(pooled.broadcast_as(dims)?.contiguous()?);
-        let y = self
-            .project
-            .forward_t(&Tensor::cat(&parts, 1)?, train)?;
+        let y = self.project.forward_t(&Tensor::cat(&parts, 1)?, train)?;
         let logits = self.out.forward(&self.head.forward_t(&y, train)?)?;
         resize_bilinear(&logits, (h, w))
     }

@@ -106,7 +106,10 @@ fn dilated_resnet_keeps_stride_8() -> Result<()> {
     let vb = seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu);
     let net = ResNeXt::new(&ResNeXtConfig::resnet_tiny().with_output_stride(8), vb)?;
     let feats = net.features(&pseudo_random(&[1, 3, 64, 96], 2)?, false)?;
-    let sizes: Vec<(usize, usize)> = feats.iter().map(|f| (f.dim(2).unwrap(), f.dim(3).unwrap())).collect();
+    let sizes: Vec<(usize, usize)> = feats
+        .iter()
+        .map(|f| (f.dim(2).unwrap(), f.dim(3).unwrap()))
+        .collect();
     assert_eq!(sizes, [(32, 48), (16, 24), (8, 12), (8, 12), (8, 12)]);
     let bad = ResNeXtConfig::resnet_tiny().with_output_stride(4);
     assert!(ResNeXt::new(&bad, candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu)).is_err());
@@ -139,7 +142,9 @@ fn resnet101_models_load_a_torchvision_checkpoint_and_name_what_does_not_fit() -
         let report = checkpoint::load_exact(&varmap, &full, "backbone.", &["fc."])
             .map_err(candle_core::Error::wrap)?;
         assert_eq!(report.loaded, source.all_vars().len(), "{name}");
-        let got = varmap.data().lock().unwrap()[&format!("backbone.{probe}")].as_tensor().clone();
+        let got = varmap.data().lock().unwrap()[&format!("backbone.{probe}")]
+            .as_tensor()
+            .clone();
         assert_eq!(
             (got - &want)?.abs()?.sum_all()?.to_scalar::<f32>()?,
             0.0,

@@ -70,7 +70,11 @@ impl UNetPlusPlus {
         for j in 1..5 {
             for i in 0..5 - j {
                 let c_in = c[i] * j + c[i + 1];
-                nodes.push((i, j, DoubleConv::new(c_in, c[i], vb.pp(format!("conv{i}_{j}")))?));
+                nodes.push((
+                    i,
+                    j,
+                    DoubleConv::new(c_in, c[i], vb.pp(format!("conv{i}_{j}")))?,
+                ));
             }
         }
         let head = |name: String| Conv2d::new(c[0], 1, 1, Conv2dConfig::plain(), true, vb.pp(name));

@@ -232,7 +232,13 @@ impl ResNeXt {
             }
             for j in 0..n_blocks {
                 let d = if j == 0 { first_dilation } else { dilation };
-                blocks.push(Bottleneck::new(c_in, planes, (stride, d), cfg, vb_layer.pp(j))?);
+                blocks.push(Bottleneck::new(
+                    c_in,
+                    planes,
+                    (stride, d),
+                    cfg,
+                    vb_layer.pp(j),
+                )?);
                 c_in = planes * 4;
                 stride = 1;
             }

@@ -342,7 +342,9 @@ fn resize_gradient_and_pytorch_values() -> Result<()> {
     // torch.nn.functional.interpolate(torch.tensor([[[[0., 8.]]]]), size=(1, 5),
     // mode="bilinear") = [0.0, 0.8, 4.0, 7.2, 8.0]
     let x = Tensor::new(&[[[[0f32, 8.0]]]], &Device::Cpu)?;
-    let y = resize_bilinear(&x, (1, 5))?.flatten_all()?.to_vec1::<f32>()?;
+    let y = resize_bilinear(&x, (1, 5))?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     for (a, b) in y.iter().zip([0.0, 0.8, 4.0, 7.2, 8.0]) {
         assert!((a - b).abs() < 1e-5, "{y:?}");
     }
