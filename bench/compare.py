@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Times the kernel issue's convolutions in PyTorch (2 threads) and in d2a, in one run, and prints
-the ratio d2a / PyTorch for each (forward, and forward + both gradients).
+"""Times the kernel issue's convolutions and models in PyTorch (2 threads) and in d2a, in one run,
+and prints the ratio d2a / PyTorch for each.
 
-    python3 bench/compare.py [--runs 20] [--d2a target/release/d2a]
+    python3 bench/compare.py [--ops] [--models] [--runs 20] [--model-runs 3] [--d2a target/release/d2a]
 
-PyTorch (CPU wheel) is installed into bench/.venv by this script the first time; build d2a first
-with `cargo build --release -p d2a-cli`. Model-level comparisons (d2a-vgg-tiny, d2a-resnext50) need a
-PyTorch D2A U-Net and are not here yet: `d2a bench --model ... --mode forward|train` gives d2a's side.
+Ops: batch 1, 128 -> 128 channels, 64x64, 3x3: dense, 32 groups, dilation 5; forward, and forward +
+both gradients. Models (the PyTorch D2A U-Net of bench/d2a_unet.py, equal parameter counts):
+forward at 1x1x512x512 and a training step (forward, Dice + BCE, backward, Adam) at 2x1x448x448,
+for d2a-vgg-tiny and d2a-resnext50, each side in its own process so that peak RSS is its own.
+With neither flag, both. PyTorch (with torchvision) is installed into bench/.venv by this script
+the first time; build d2a first with `cargo build --release -p d2a-cli`.
 """
 import argparse
 import json
@@ -39,6 +42,9 @@ def ensure_torch():
                "--index-url", "https://download.pytorch.org/whl/cpu"]
         if subprocess.call(cpu + ["--retries", "1", "--timeout", "15"]) != 0:
             subprocess.check_call([python, "-m", "pip", "install", "-q", "torch"])
+        # torchvision for the ResNeXt-50 encoder; --no-deps keeps the torch just installed.
+        subprocess.check_call([python, "-m", "pip", "install", "-q", "--no-deps", "torchvision"])
+        subprocess.check_call([python, "-m", "pip", "install", "-q", "numpy", "pillow"])
     os.execv(python, [python, *sys.argv])
 
 
@@ -65,19 +71,96 @@ def time_d2a(binary, op, train, runs):
     return json.loads(out)["median_s"]
 
 
+MODELS = [  # (model, mode, size, batch)
+    ("d2a-vgg-tiny", "forward", 512, 1),
+    ("d2a-vgg-tiny", "train", 448, 2),
+    ("d2a-resnext50", "forward", 512, 1),
+    ("d2a-resnext50", "train", 448, 2),
+]
+
+
+def torch_model_child(name, mode, size, batch, runs):
+    """In a fresh process: times the PyTorch model, prints {median_s, peak_rss_mib} as JSON."""
+    import resource
+    import torch
+    sys.path.insert(0, str(HERE))
+    from d2a_unet import build, dice_bce
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = build(name)
+    x = torch.rand(batch, 1, size, size)
+    y = (torch.rand(batch, 1, size, size) > 0.7).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+    def once():
+        start = time.perf_counter()
+        if mode == "forward":
+            model.eval()
+            with torch.no_grad():
+                model(x)
+        else:
+            model.train()
+            loss = dice_bce(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    once()
+    median = statistics.median(once() for _ in range(runs))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"median_s": median, "peak_rss_mib": peak}))
+
+
+def time_models(binary, runs):
+    print(f"\n{'model':<14} {'mode':<8} {'input':<12} {'d2a s':>8} {'torch s':>8} {'ratio':>6}"
+          f" {'d2a MiB':>8} {'torch MiB':>9} {'ratio':>6}")
+    for name, mode, size, batch in MODELS:
+        ours = json.loads(subprocess.check_output(
+            [binary, "bench", "--model", name, "--mode", mode, "--size", str(size),
+             "--batch", str(batch), "--runs", str(runs), "--json"]))
+        theirs = json.loads(subprocess.check_output(
+            [sys.executable, __file__, "--torch-model", name, "--mode", mode, "--size", str(size),
+             "--batch", str(batch), "--model-runs", str(runs)], stderr=subprocess.DEVNULL))
+        shape = f"{batch}x1x{size}x{size}"
+        ours_mib = ours.get("peak_rss_mib") or float("nan")
+        print(f"{name:<14} {mode:<8} {shape:<12} {ours['median_s']:8.3f} {theirs['median_s']:8.3f}"
+              f" {ours['median_s'] / theirs['median_s']:6.2f} {ours_mib:8.0f}"
+              f" {theirs['peak_rss_mib']:9.0f} {ours_mib / theirs['peak_rss_mib']:6.2f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per op")
+    parser.add_argument("--model-runs", type=int, default=3, help="timed runs per model")
     parser.add_argument("--d2a", default=str(HERE.parent / "target" / "release" / "d2a"))
+    parser.add_argument("--ops", action="store_true", help="only the convolutions")
+    parser.add_argument("--models", action="store_true", help="only the models")
+    parser.add_argument("--torch-model", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     ensure_torch()
+    if args.torch_model:
+        torch_model_child(args.torch_model, args.mode, args.size, args.batch, args.model_runs)
+        return
+    both = not (args.ops or args.models)
+    if args.ops or both:
+        time_ops(args.d2a, args.runs)
+    if args.models or both:
+        time_models(args.d2a, args.model_runs)
+
+
+def time_ops(binary, runs):
     print(f"{'op':<14} {'mode':<8} {'d2a ms':>9} {'torch ms':>9} {'ratio':>7}")
     for op, (groups, dilation) in OPS.items():
         for train in (False, True):
-            ours = time_d2a(args.d2a, op, train, args.runs)
-            theirs = time_torch(groups, dilation, train, args.runs)
+            ours = time_d2a(binary, op, train, runs)
+            theirs = time_torch(groups, dilation, train, runs)
             mode = "fwd+bwd" if train else "forward"
-            print(f"{op:<14} {mode:<8} {ours * 1e3:9.2f} {theirs * 1e3:9.2f} {ours / theirs:7.2f}")
+            print(f"{op:<14} {mode:<8} {ours * 1e3:9.2f} {theirs * 1e3:9.2f} {ours / theirs:7.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::cost::{Cost, Shape4};
-use crate::ops::{BnStats, Conv2dConfig, batch_norm_act, conv2d};
+use crate::ops::{BnStats, Conv2dConfig, batch_norm_act, conv2d, conv2d_affine};
 
 /// A 2-D convolution layer on [`conv2d`], square kernel.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
-    bias: Option<Tensor>,
+    /// `(ones, bias)`: the bias as the shift of [`conv2d_affine`], added inside the kernel.
+    bias: Option<(Tensor, Tensor)>,
     cfg: Conv2dConfig,
     /// `(out channels, in channels per group, kh, kw)` of `weight`.
     dims: (usize, usize, usize, usize),
@@ -59,7 +60,8 @@ impl Conv2d {
         };
         let weight = vb.get_with_hints((c_out, c_in / cfg.groups.max(1), k, k), "weight", init)?;
         let bias = if bias {
-            Some(vb.get_with_hints(c_out, "bias", init)?)
+            let b = vb.get_with_hints(c_out, "bias", init)?;
+            Some((b.ones_like()?, b))
         } else {
             None
         };
@@ -75,11 +77,9 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.cfg)?;
         match &self.bias {
-            // [O] -> [1, O, 1, 1]
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
+            Some((ones, b)) => conv2d_affine(x, &self.weight, (ones, b), self.cfg, false),
+            None => conv2d(x, &self.weight, self.cfg),
         }
     }
 }
@@ -110,6 +110,16 @@ impl BatchNorm2d {
             eps: 1e-5,
             momentum: 0.1,
         })
+    }
+
+    /// The inference-time map as `(scale, shift)` per channel: `weight / sqrt(running_var + eps)`
+    /// and `bias − running_mean · scale`, differentiable in `weight` and `bias`.
+    pub fn folded(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self
+            .weight
+            .broadcast_div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
     }
 
     /// Normalises `x` (batch statistics when `train`, updating the running ones; else the
@@ -223,8 +233,59 @@ impl ConvBn {
 }
 
 impl ModuleT for ConvBn {
+    /// Training: the convolution, then BatchNorm on batch statistics (+ ReLU). Inference: the
+    /// BatchNorm folded into the convolution's kernel ([`conv2d_affine`]), one pass.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn
-            .forward_act(&self.conv.forward(x)?, train, self.relu)
+        if train || self.conv.bias.is_some() {
+            return self
+                .bn
+                .forward_act(&self.conv.forward(x)?, train, self.relu);
+        }
+        let (scale, shift) = self.bn.folded()?;
+        conv2d_affine(
+            x,
+            &self.conv.weight,
+            (&scale, &shift),
+            self.conv.cfg,
+            self.relu,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::init::seeded_var_builder;
+    use crate::test_support::pseudo_random;
+
+    /// The folded inference path equals the convolution followed by BatchNorm on running
+    /// statistics, with and without ReLU.
+    #[test]
+    fn folded_conv_bn_equals_conv_then_bn() -> Result<()> {
+        for relu in [false, true] {
+            let varmap = VarMap::new();
+            let vb = seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+            let cfg = Conv2dConfig::square(2, 1, 1, 1);
+            let mut unit = ConvBn::new((3, 5, 3), cfg, relu, vb.pp("conv"), vb.pp("bn"))?;
+            if !relu {
+                unit = unit.without_relu();
+            }
+            let x = pseudo_random(&[2, 3, 9, 7], 1)?;
+            // Two training steps move the running statistics away from (0, 1).
+            unit.forward_t(&x, true)?;
+            unit.forward_t(&(&x * 3.0)?, true)?;
+            let want = unit.bn.forward_act(&unit.conv.forward(&x)?, false, relu)?;
+            let got = unit.forward_t(&x, false)?;
+            let diff = (got - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "relu {relu}: {diff}");
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,9 @@
 //! GEMM over an im2col buffer on the `gemm` crate: forward `Y_g = W_g · cols`, weight gradient
 //! `dW_g += dY_g · colsᵀ`, input gradient `cols' = W_gᵀ · dY_g` scattered back by col2im.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType as _, bail};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType as _, bail,
+};
 use gemm::Parallelism;
 use rayon::iter::{IndexedParallelIterator as _, IntoParallelIterator as _, ParallelIterator as _};
 use rayon::slice::ParallelSliceMut as _;
@@ -334,6 +336,9 @@ const TILE_ELEMS: usize = 1 << 16;
 /// summation order (and so the result, bit for bit) does not depend on the number of threads.
 const WEIGHT_GRAD_CHUNKS: usize = 8;
 
+/// Most elements the partial weight gradients of one call may hold together (64 MiB of f32).
+const WEIGHT_GRAD_BUDGET: usize = 1 << 24;
+
 /// A raw pointer that work items on different threads write through, each to its own elements.
 #[derive(Clone, Copy)]
 struct SharedMut<T>(*mut T);
@@ -417,6 +422,17 @@ impl Conv2dFwd {
     /// `y = conv(x, w)`: per (image, group, tile of output rows) one GEMM
     /// `Y[:, tile] = W_g · im2col(tile)`; 1x1 convolutions read the input in place.
     fn run<T: Float>(geo: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+        Self::run_with(geo, x, w, None)
+    }
+
+    /// [`Conv2dFwd::run`], then, where `epilogue` is given, `y = y · scale[o] + shift[o]` and
+    /// ReLU if asked, applied to each tile as soon as its GEMM wrote it (while it is in cache).
+    fn run_with<T: Float>(
+        geo: &Geometry,
+        x: &[T],
+        w: &[T],
+        epilogue: Option<Epilogue<'_, T>>,
+    ) -> Vec<T> {
         let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
         let plane_in = geo.h * geo.w;
         let mut y = vec![T::from_f64(0.0); geo.batch * geo.c_out * n];
@@ -447,6 +463,23 @@ impl Conv2dFwd {
                     (rhs_rs, 1),
                     parallelism,
                 );
+            }
+            if let Some(e) = &epilogue {
+                let zero = T::from_f64(0.0);
+                for o in g * og..(g + 1) * og {
+                    let (s, t) = (e.scale[o], e.shift[o]);
+                    // SAFETY: the same elements this item's GEMM just wrote.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            y_ptr.get().add((b * geo.c_out + o) * n + n0),
+                            tn,
+                        )
+                    };
+                    for v in row {
+                        let a = *v * s + t;
+                        *v = if e.relu && a < zero { zero } else { a };
+                    }
+                }
             }
         });
         y
@@ -506,18 +539,24 @@ impl Conv2dFwd {
     }
 
     /// `dw` of `conv(x, w)` given `dy`: `dW_g += dY[:, tile] · im2col(tile)ᵀ` over every work
-    /// item, in at most [`WEIGHT_GRAD_CHUNKS`] partial sums added in a fixed order.
+    /// item, in at most [`WEIGHT_GRAD_CHUNKS`] partial sums (fewer for large weights) added in
+    /// a fixed order that depends on the shapes only.
     fn weight_grad<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
         let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
         let plane_in = geo.h * geo.w;
         let w_len = geo.c_out * k;
         let items = geo.items();
-        let chunks = if geo.parallel_items() {
-            items.min(WEIGHT_GRAD_CHUNKS)
+        // A function of the shapes alone (never of the thread count), so the summation order is
+        // fixed; capped so the partial sums of a large weight cost at most WEIGHT_GRAD_BUDGET
+        // elements (one sum, with each GEMM parallel inside, for the largest).
+        let chunks = items
+            .min(WEIGHT_GRAD_CHUNKS)
+            .min((WEIGHT_GRAD_BUDGET / w_len.max(1)).max(1));
+        let parallelism = if chunks > 1 || geo.c_out_g() * k * n < 1 << 18 {
+            Parallelism::None
         } else {
-            1
+            Parallelism::Rayon(rayon::current_num_threads())
         };
-        let parallelism = geo.gemm_parallelism();
         let partial = |c: usize| {
             let mut gw = vec![T::from_f64(0.0); w_len];
             let mut cols = Vec::new();
@@ -612,6 +651,83 @@ impl CustomOp2 for Conv2dFwd {
     }
 }
 
+/// A per-output-channel affine map (and ReLU) applied to a convolution's output in its kernel.
+#[derive(Clone, Copy)]
+struct Epilogue<'a, T> {
+    scale: &'a [T],
+    shift: &'a [T],
+    relu: bool,
+}
+
+/// `relu?(conv(x, w) · scale + shift)`: inputs `(x, w, [scale..., shift...])`.
+struct Conv2dAffine {
+    cfg: Conv2dConfig,
+    relu: bool,
+}
+
+impl CustomOp3 for Conv2dAffine {
+    fn name(&self) -> &'static str {
+        "d2a-conv2d-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        a_s: &CpuStorage,
+        al: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geo = Geometry::new(xl.dims(), wl.dims(), self.cfg)?;
+        if al.dims() != [2 * geo.c_out] {
+            bail!(
+                "{}: expected {} scales and shifts, got {:?}",
+                self.name(),
+                geo.c_out,
+                al.dims()
+            )
+        }
+        let y = with_float!(xs, self.name(), |T| {
+            let x = contiguous::<T>(xs, xl, self.name())?;
+            let w = contiguous::<T>(ws, wl, self.name())?;
+            let (scale, shift) = contiguous::<T>(a_s, al, self.name())?.split_at(geo.c_out);
+            let epilogue = Epilogue {
+                scale,
+                shift,
+                relu: self.relu,
+            };
+            T::to_cpu_storage_owned(Conv2dFwd::run_with(&geo, x, w, Some(epilogue)))
+        });
+        Ok((y, Shape::from(geo.y_dims().to_vec())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.dim(0)?;
+        // Through the ReLU: nothing where it clipped (PyTorch's gradient at 0 is 0 too).
+        let gy = if self.relu {
+            (gy * y.gt(0.0)?.to_dtype(gy.dtype())?)?
+        } else {
+            gy.clone()
+        };
+        // The convolution's own output, recomputed: the scales' gradient needs it.
+        let z = x.apply_op2_no_bwd(w, &Conv2dFwd(self.cfg))?;
+        let gscale = (&gy * &z)?.sum((0, 2, 3))?;
+        let gshift = gy.sum((0, 2, 3))?;
+        let scale = affine.narrow(0, 0, c)?.reshape((1, c, 1, 1))?;
+        let gz = gy.broadcast_mul(&scale)?;
+        let (gx, gw) = Conv2dFwd(self.cfg).bwd(x, w, &z, &gz)?;
+        Ok((gx, gw, Some(Tensor::cat(&[gscale, gshift], 0)?)))
+    }
+}
+
 /// Input gradient: `(dy, w) -> dx`.
 struct Conv2dInputGrad {
     cfg: Conv2dConfig,
@@ -682,4 +798,23 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> 
     Geometry::new(x.dims(), weight.dims(), cfg)?;
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, Conv2dFwd(cfg))
+}
+
+/// `conv2d(x, weight) · scale + shift` per output channel, then ReLU if `relu`, in one kernel:
+/// a convolution's bias (`scale` = 1), or a BatchNorm folded in at inference. Differentiable in
+/// all four inputs.
+///
+/// # Shapes
+/// As [`conv2d`]; `scale` and `shift`: `[O]`.
+pub fn conv2d_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    (scale, shift): (&Tensor, &Tensor),
+    cfg: Conv2dConfig,
+    relu: bool,
+) -> Result<Tensor> {
+    Geometry::new(x.dims(), weight.dims(), cfg)?;
+    let affine = Tensor::cat(&[scale, shift], 0)?.to_dtype(x.dtype())?;
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &affine, Conv2dAffine { cfg, relu })
 }

@@ -116,6 +116,41 @@ fn conv2d_gradients_for_every_geometry() -> Result<()> {
 }
 
 #[test]
+fn conv2d_affine_gradients_and_equivalence() -> Result<()> {
+    for (i, (relu, cfg, groups)) in [
+        (false, Conv2dConfig::square(1, 1, 1, 1), 1),
+        (true, Conv2dConfig::square(2, 1, 1, 2), 2),
+        (true, Conv2dConfig::square(1, 2, 2, 1), 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 20 + 4 * i as u64;
+        let x = pseudo_random(&[2, 4, 5, 6], seed)?;
+        let w = pseudo_random(&[6, 4 / groups, 3, 3], seed + 1)?;
+        let scale = pseudo_random(&[6], seed + 2)?;
+        let shift = pseudo_random(&[6], seed + 3)?;
+        check_gradients(
+            |t| conv2d_affine(&t[0], &t[1], (&t[2], &t[3]), cfg, relu),
+            &[x.clone(), w.clone(), scale.clone(), shift.clone()],
+        )?;
+        let mut want = conv2d(&x, &w, cfg)?
+            .broadcast_mul(&scale.reshape((1, 6, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, 6, 1, 1))?)?;
+        if relu {
+            want = want.relu()?;
+        }
+        let got = conv2d_affine(&x, &w, (&scale, &shift), cfg, relu)?;
+        assert!(max_abs_diff(&got, &want)? < 1e-6, "case {i}");
+    }
+    let x = pseudo_random(&[1, 4, 5, 5], 1)?;
+    let w = pseudo_random(&[6, 4, 3, 3], 2)?;
+    let three = pseudo_random(&[3], 3)?;
+    assert!(conv2d_affine(&x, &w, (&three, &three), Conv2dConfig::plain(), false).is_err());
+    Ok(())
+}
+
+#[test]
 fn conv2d_matches_candle_where_candle_is_right() -> Result<()> {
     let x = pseudo_random(&[2, 6, 11, 9], 1)?;
     let w = pseudo_random(&[4, 3, 3, 3], 2)?;
