@@ -70,19 +70,4 @@ pub fn init_logging(quiet: bool) {
         .try_init();
 }
 
-/// Keeps freed tensor memory in the process for reuse instead of returning it to the kernel.
-///
-/// glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh `mmap`s, which
-/// the kernel zeroes page by page on first touch; a model's activations are that large, so every
-/// op paid page faults. With this, the forward pass of `d2a-vgg-tiny` at 512² went from 1.55 s
-/// to 0.82 s here. Peak memory is unchanged: only the release of freed memory is deferred.
-/// Programs embedding `d2a-model` can do the same (or set `MALLOC_MMAP_THRESHOLD_`).
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only changes allocator parameters; it is called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
+pub use d2a_model::tune_allocator;

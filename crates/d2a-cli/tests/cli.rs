@@ -689,3 +689,41 @@ fn eval_and_predict_a_trained_checkpoint() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_reports_json_for_models_ops_and_the_candle_kernel() {
+    for (args, name) in [
+        (
+            &["--model", "d2a-vgg-tiny", "--size", "32", "--mode", "train"][..],
+            "d2a-vgg-tiny",
+        ),
+        (
+            &["--model", "unet-tiny", "--size", "32", "--candle"][..],
+            "unet-tiny/candle",
+        ),
+        (
+            &["--op", "conv-grouped", "--mode", "train"][..],
+            "conv-grouped",
+        ),
+        (
+            &["--op", "conv-dilated", "--candle"][..],
+            "conv-dilated/candle",
+        ),
+    ] {
+        let mut all = vec!["bench", "--runs", "1", "--json"];
+        all.extend_from_slice(args);
+        let out = d2a(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["model"], name);
+        assert!(v["median_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["min_s"].as_f64() <= v["max_s"].as_f64(), "{v}");
+    }
+    let out = d2a(&["bench", "--model", "d2a-vgg-tiny", "--size", "40"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 16"));
+}

@@ -48,8 +48,9 @@ pub struct Args {
     /// or `train` (forward + both gradients).
     #[arg(long, value_enum)]
     pub op: Option<Op>,
-    /// With `--op`: candle 0.11's own conv2d instead of d2a's kernel, for comparison.
-    #[arg(long, requires = "op")]
+    /// Every convolution on candle 0.11's own conv2d instead of d2a's kernel, for comparison
+    /// (a model's other ops stay d2a's).
+    #[arg(long)]
     pub candle: bool,
 }
 
@@ -129,6 +130,12 @@ impl Args {
 
     /// Times `runs` runs after one warm-up.
     pub fn measure(&self) -> Result<BenchReport> {
+        use d2a_model::ops::{ConvBackend, set_conv_backend};
+        set_conv_backend(if self.candle {
+            ConvBackend::Candle
+        } else {
+            ConvBackend::D2a
+        });
         if let Some(op) = self.op {
             return self.measure_op(op);
         }
@@ -176,7 +183,12 @@ impl Args {
             }
             Ok(start.elapsed().as_secs_f64())
         };
-        self.report(self.model.clone(), (self.batch, self.size), once)
+        let name = if self.candle {
+            format!("{}/candle", self.model)
+        } else {
+            self.model.clone()
+        };
+        self.report(name, (self.batch, self.size), once)
     }
 
     /// One 3x3 convolution, batch 1, 128 channels, 64x64.
@@ -193,11 +205,7 @@ impl Args {
         let cfg = d2a_model::ops::Conv2dConfig::square(1, dilation, dilation, groups);
         let once = || -> Result<f64> {
             let start = Instant::now();
-            let y = if self.candle {
-                x.conv2d(&w, dilation, 1, dilation, groups)?
-            } else {
-                d2a_model::ops::conv2d(&x, &w, cfg)?
-            };
+            let y = d2a_model::ops::conv2d(&x, &w, cfg)?;
             if self.mode == Mode::Train {
                 y.sum_all()?.backward()?;
             }

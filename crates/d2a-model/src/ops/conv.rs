@@ -788,6 +788,49 @@ impl CustomOp2 for Conv2dWeightGrad {
     }
 }
 
+/// Which convolution kernel [`conv2d`] and [`conv2d_affine`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvBackend {
+    /// d2a's kernel (the default).
+    D2a,
+    /// candle 0.11's own `Tensor::conv2d`, for comparison only: its backward is wrong for
+    /// stride 2 on non-square inputs and its grouped convolution runs one group at a time; it
+    /// takes square stride, padding and dilation only.
+    Candle,
+}
+
+static CANDLE_BACKEND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Switches every later convolution of this process to `backend` (`d2a bench --candle`).
+pub fn set_conv_backend(backend: ConvBackend) {
+    CANDLE_BACKEND.store(
+        backend == ConvBackend::Candle,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The kernel convolutions run on now.
+pub fn conv_backend() -> ConvBackend {
+    if CANDLE_BACKEND.load(std::sync::atomic::Ordering::Relaxed) {
+        ConvBackend::Candle
+    } else {
+        ConvBackend::D2a
+    }
+}
+
+fn candle_conv2d(x: &Tensor, weight: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> {
+    let Conv2dConfig {
+        stride: (s, s2),
+        padding: (p, p2),
+        dilation: (d, d2),
+        groups,
+    } = cfg;
+    if (s, p, d) != (s2, p2, d2) {
+        bail!("conv2d: candle's kernel takes square stride, padding and dilation only ({cfg:?})")
+    }
+    x.conv2d(weight, p, s, d, groups)
+}
+
 /// 2-D convolution of `x` with `weight`, differentiable in both.
 ///
 /// # Shapes
@@ -796,6 +839,9 @@ impl CustomOp2 for Conv2dWeightGrad {
 /// - returns `[B, O, (H + 2·pad − dil·(KH − 1) − 1) / stride + 1, ...]`, as PyTorch's `conv2d`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> {
     Geometry::new(x.dims(), weight.dims(), cfg)?;
+    if conv_backend() == ConvBackend::Candle {
+        return candle_conv2d(x, weight, cfg);
+    }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, Conv2dFwd(cfg))
 }
@@ -814,6 +860,13 @@ pub fn conv2d_affine(
     relu: bool,
 ) -> Result<Tensor> {
     Geometry::new(x.dims(), weight.dims(), cfg)?;
+    if conv_backend() == ConvBackend::Candle {
+        let c = (1, scale.dim(0)?, 1, 1);
+        let y = candle_conv2d(x, weight, cfg)?
+            .broadcast_mul(&scale.reshape(c)?)?
+            .broadcast_add(&shift.reshape(c)?)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
     let affine = Tensor::cat(&[scale, shift], 0)?.to_dtype(x.dtype())?;
     x.contiguous()?
         .apply_op3(&weight.contiguous()?, &affine, Conv2dAffine { cfg, relu })

@@ -14,7 +14,7 @@ mod upsample;
 
 pub use attention::attend;
 pub use batch_norm::{BnStats, batch_norm_act};
-pub use conv::{Conv2dConfig, conv2d, conv2d_affine};
+pub use conv::{Conv2dConfig, ConvBackend, conv_backend, conv2d, conv2d_affine, set_conv_backend};
 pub use pool::max_pool2d;
 pub use upsample::{resize_bilinear, up2};
 
