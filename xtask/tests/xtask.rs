@@ -166,31 +166,21 @@ fn upstream(dir: &Path) -> Upstream {
     let (medseg_im, medseg_mask) = pair(dir, 6, 3.0);
     let rp: Vec<(Vec<u8>, Vec<u8>)> = (0..2).map(|_| pair(dir, 4, 2.0)).collect();
     let cases: Vec<(Vec<u8>, Vec<u8>)> = (0..3).map(|_| pair(dir, 4, 1.0)).collect();
-    let rp_im = zip(&rp
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("rp_im/{}.nii.gz", i + 1), p.0.clone()))
-        .collect::<Vec<_>>());
-    let rp_msk = zip(&rp
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("rp_msk/{}.nii.gz", i + 1), p.1.clone()))
-        .collect::<Vec<_>>());
-    let cases_zip = zip(&cases
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("coronacases_{:03}.nii.gz", i + 1), p.0.clone()))
-        .collect::<Vec<_>>());
-    let masks_zip = zip(&cases
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            (
-                format!("Infection_Mask/coronacases_{:03}.nii.gz", i + 1),
-                p.1.clone(),
-            )
-        })
-        .collect::<Vec<_>>());
+    // A zip of the image (`mask == false`) or mask volumes of `vols`, named by `name(i)`.
+    let archive = |vols: &[(Vec<u8>, Vec<u8>)], mask: bool, name: &dyn Fn(usize) -> String| {
+        let entries: Vec<(String, Vec<u8>)> = vols
+            .iter()
+            .enumerate()
+            .map(|(i, (im, msk))| (name(i + 1), if mask { msk } else { im }.clone()))
+            .collect();
+        zip(&entries)
+    };
+    let rp_im = archive(&rp, false, &|i| format!("rp_im/{i}.nii.gz"));
+    let rp_msk = archive(&rp, true, &|i| format!("rp_msk/{i}.nii.gz"));
+    let cases_zip = archive(&cases, false, &|i| format!("coronacases_{i:03}.nii.gz"));
+    let masks_zip = archive(&cases, true, &|i| {
+        format!("Infection_Mask/coronacases_{i:03}.nii.gz")
+    });
     let files: HashMap<String, Vec<u8>> = [
         ("/files/25953977", medseg_im),
         ("/files/25953980", medseg_mask),

@@ -381,20 +381,7 @@ fn info_all_lists_every_model() {
 fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("unet");
-    let out = d2a(&[
-        "train",
-        "--model",
-        "unet-tiny",
-        "--epochs",
-        "1",
-        "--slices",
-        "16",
-        "--size",
-        "32",
-        "-q",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = train_tiny(&run, &["--model", "unet-tiny"]);
     assert!(
         out.status.success(),
         "{}",
@@ -403,32 +390,33 @@ fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model"], "unet-tiny");
-    // The checkpoint says which model it holds: eval rebuilds a U-Net from it.
-    assert!(run.join("best.safetensors").is_file());
+    // The checkpoint says which model it holds: inference rebuilds the U-Net from it alone.
+    let loaded = d2a_train::infer::load_for_inference(
+        &run.join("best.safetensors"),
+        None,
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(loaded.name, "unet-tiny");
+    assert_eq!(
+        loaded.model.config(),
+        &d2a_model::ModelConfig::by_name("unet-tiny").unwrap()
+    );
 
-    // No ImageNet weights where the model looks for them: refused before anything is written,
-    // with the ways out named.
-    let run = tmp.path().join("fcn");
-    let missing = tmp.path().join("nothing.safetensors");
-    let out = d2a(&[
-        "train",
-        "--model",
-        "fcn8s-resnet101-tiny+scratch",
-        "--epochs",
-        "1",
-        "--slices",
-        "16",
-        "--size",
-        "32",
-        "-q",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    // A ResNet-101 baseline from scratch needs no weights.
+    let out = train_tiny(
+        &tmp.path().join("fcn"),
+        &["--model", "fcn8s-resnet101-tiny+scratch"],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // No ImageNet weights where the model looks for them: refused before anything is written,
+    // with the ways out named.
+    let missing = tmp.path().join("nothing.safetensors");
     let run = tmp.path().join("deeplab");
     let out = d2a(&[
         "train",
@@ -525,22 +513,21 @@ fn write_phantom(dir: &Path, name: &str, seed: u64, size: usize) {
     );
 }
 
+/// `d2a train` on 16 phantoms of 32², one epoch, quietly, into `run`, plus `extra` arguments.
+fn train_tiny(run: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train", "--epochs", "1", "--slices", "16", "--size", "32", "-q", "--out",
+    ];
+    args.push(run.to_str().unwrap());
+    args.extend_from_slice(extra);
+    d2a(&args)
+}
+
 #[test]
 fn eval_and_predict_a_trained_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = d2a(&[
-        "train",
-        "--epochs",
-        "1",
-        "--slices",
-        "16",
-        "--size",
-        "32",
-        "-q",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = train_tiny(&run, &[]);
     assert!(
         out.status.success(),
         "{}",
