@@ -325,10 +325,11 @@ fn check_backbone(cfg: &RunConfig) -> Result<(), BoxError> {
     {
         return Err(err(format!(
             "{} starts from ImageNet {} weights, and {} does not exist: run `cargo xtask \
-             convert-weights` (or pass --backbone FILE), or train `{}+scratch`",
+             convert-weights --model {}` (or pass --backbone FILE), or train `{}+scratch`",
             cfg.model,
             pretrained.name,
             path.display(),
+            pretrained.name,
             cfg.model
         )));
     }
@@ -337,7 +338,7 @@ fn check_backbone(cfg: &RunConfig) -> Result<(), BoxError> {
 
 fn unknown_model(name: &str) -> BoxError {
     err(format!(
-        "unknown model {name:?}; known: {}",
+        "unknown model {name:?}; known: {} (baselines also with -tiny; see `d2a info --all`)",
         ModelConfig::NAMES.join(", ")
     ))
 }
