@@ -7,6 +7,7 @@
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::attention_unet::AttentionGate;
 use crate::cost::{Cost, Shape4};
 use crate::encoders::{DoubleConv, Vgg, VggConfig};
 use crate::nn::Conv2d;
@@ -41,30 +42,42 @@ impl UNetConfig {
     }
 }
 
-/// U-Net; weights at `encoder.stages.{i}...`, `decoder.{i}.{0,1}.{conv,bn}`, `head`.
+/// U-Net; weights at `encoder.stages.{i}...`, `decoder.{i}.{0,1}.{conv,bn}`, `head` (and, in
+/// the Attention U-Net, `decoder.{i}.gate.*`).
 #[derive(Debug, Clone)]
 pub struct UNet {
     encoder: Vgg,
     /// Deepest stage first.
     decoder: Vec<DoubleConv>,
+    /// One attention gate per decoder stage (the Attention U-Net), or none.
+    gates: Vec<AttentionGate>,
     head: Conv2d,
 }
 
 impl UNet {
     /// Builds the model.
     pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, false, vb)
+    }
+
+    /// The U-Net, with an attention gate on every skip where `gated`.
+    pub(super) fn build(cfg: &UNetConfig, gated: bool, vb: VarBuilder) -> Result<Self> {
         let c = cfg.encoder.channels();
         let encoder = Vgg::new(&cfg.encoder, vb.pp("encoder"))?;
-        let decoder = (0..4)
-            .map(|i| {
-                let (deep, skip) = (c[4 - i], c[3 - i]);
-                DoubleConv::new(deep + skip, skip, vb.pp("decoder").pp(i))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (mut decoder, mut gates) = (Vec::with_capacity(4), Vec::new());
+        for i in 0..4 {
+            let (deep, skip) = (c[4 - i], c[3 - i]);
+            let vb = vb.pp("decoder").pp(i);
+            if gated {
+                gates.push(AttentionGate::new(deep, skip, vb.pp("gate"))?);
+            }
+            decoder.push(DoubleConv::new(deep + skip, skip, vb)?);
+        }
         let head = Conv2d::new(c[0], 1, 1, Conv2dConfig::plain(), true, vb.pp("head"))?;
         Ok(Self {
             encoder,
             decoder,
+            gates,
             head,
         })
     }
@@ -78,6 +91,10 @@ impl UNet {
         let mut d = feats[4];
         for (i, stage) in self.decoder.iter().enumerate() {
             let skip = feats[3 - i];
+            if let Some(gate) = self.gates.get(i) {
+                let up = Shape4 { c: d.c, ..skip };
+                gate.cost(&mut cost, &format!("decoder.{i}.gate"), up, skip);
+            }
             let cat = Shape4 {
                 c: d.c + skip.c,
                 ..skip
@@ -95,8 +112,12 @@ impl ModuleT for UNet {
         let feats = self.encoder.features(x, train)?;
         let mut d = feats[4].clone();
         for (i, stage) in self.decoder.iter().enumerate() {
-            let cat = Tensor::cat(&[&up2(&d)?, &feats[3 - i]], 1)?;
-            d = stage.forward_t(&cat, train)?;
+            let up = up2(&d)?;
+            let skip = match self.gates.get(i) {
+                Some(gate) => gate.forward_t(&up, &feats[3 - i], train)?,
+                None => feats[3 - i].clone(),
+            };
+            d = stage.forward_t(&Tensor::cat(&[&up, &skip], 1)?, train)?;
         }
         candle_core::Module::forward(&self.head, &d)
     }
