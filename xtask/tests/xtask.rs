@@ -213,6 +213,19 @@ fn md5_of(bytes: &[u8]) -> md5::digest::Output<md5::Md5> {
     md5::Md5::digest(bytes)
 }
 
+/// `fetch-data --data DATA --checksums <the fixture manifest>` plus `extra`.
+fn fetch(data: &Path, up: &Upstream, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "fetch-data",
+        "--data",
+        data.to_str().unwrap(),
+        "--checksums",
+        up.manifest.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    xtask(&args, envs)
+}
+
 fn manifest_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
 }
@@ -223,18 +236,8 @@ fn fetches_checks_and_prepares_all_three_datasets() {
     let up = upstream(tmp.path());
     let server = serve(up.files.clone(), &[]);
     let data = tmp.path().join("data");
-    let args = [
-        "fetch-data",
-        "--data",
-        data.to_str().unwrap(),
-        "--mirror",
-        &server.base,
-        "--checksums",
-        up.manifest.to_str().unwrap(),
-        "--size",
-        "32",
-    ];
-    let out = xtask(&args, &[]);
+    let args = ["--mirror", &server.base, "--size", "32"];
+    let out = fetch(&data, &up, &args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     for name in [
         "tr_im.nii.gz",
@@ -264,7 +267,7 @@ fn fetches_checks_and_prepares_all_three_datasets() {
 
     // A second run checks what is there and downloads nothing.
     let before = server.seen.lock().unwrap().len();
-    let out = xtask(&args, &[]);
+    let out = fetch(&data, &up, &args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(server.seen.lock().unwrap().len(), before);
     assert!(stderr(&out).contains("checksum verified"));
@@ -277,19 +280,10 @@ fn a_download_cut_halfway_resumes_with_a_range_request() {
     let path = "/records/3757476/files/Infection_Mask.zip";
     let server = serve(up.files.clone(), &[path]);
     let data = tmp.path().join("data");
-    let out = xtask(
-        &[
-            "fetch-data",
-            "--data",
-            data.to_str().unwrap(),
-            "--only",
-            "covid20",
-            "--checksums",
-            up.manifest.to_str().unwrap(),
-            "--size",
-            "32",
-            "--no-prepare",
-        ],
+    let out = fetch(
+        &data,
+        &up,
+        &["--only", "covid20", "--size", "32", "--no-prepare"],
         &[("D2A_DATA_MIRROR", &server.base)],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -322,18 +316,10 @@ fn a_checksum_mismatch_fails_and_leaves_nothing_behind() {
     files.get_mut("/files/25953980").unwrap()[100] ^= 0xff;
     let server = serve(files, &[]);
     let data = tmp.path().join("data");
-    let out = xtask(
-        &[
-            "fetch-data",
-            "--data",
-            data.to_str().unwrap(),
-            "--only",
-            "medseg",
-            "--mirror",
-            &server.base,
-            "--checksums",
-            up.manifest.to_str().unwrap(),
-        ],
+    let out = fetch(
+        &data,
+        &up,
+        &["--only", "medseg", "--mirror", &server.base],
         &[],
     );
     let err = stderr(&out);
@@ -357,17 +343,14 @@ fn files_from_a_folder_are_checked_like_downloads() {
     std::fs::write(from.join("tr_im.nii.gz"), &up.files["/files/25953977"]).unwrap();
     std::fs::write(from.join("tr_mask.nii.gz"), &up.files["/files/25953980"]).unwrap();
     let data = tmp.path().join("data");
-    let out = xtask(
+    let out = fetch(
+        &data,
+        &up,
         &[
-            "fetch-data",
-            "--data",
-            data.to_str().unwrap(),
             "--only",
             "medseg",
             "--from",
             from.to_str().unwrap(),
-            "--checksums",
-            up.manifest.to_str().unwrap(),
             "--size",
             "32",
         ],

@@ -12,6 +12,16 @@ fn d2a(args: &[&str]) -> Output {
         .expect("running d2a")
 }
 
+/// `d2a train` on 16 phantoms of 32², one epoch, into `run`, plus `extra` arguments.
+fn train_tiny(run: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train", "--epochs", "1", "--slices", "16", "--size", "32", "--out",
+    ];
+    args.push(run.to_str().unwrap());
+    args.extend_from_slice(extra);
+    d2a(&args)
+}
+
 fn write_mask(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     GrayImage::from_fn(w, h, |x, y| Luma([f(x, y)]))
@@ -108,17 +118,7 @@ fn eval_masks_fails_with_the_file_named() {
 fn train_on_phantoms_writes_a_run_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = d2a(&[
-        "train",
-        "--epochs",
-        "1",
-        "--slices",
-        "16",
-        "--size",
-        "32",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = train_tiny(&run, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -139,17 +139,7 @@ fn train_on_phantoms_writes_a_run_folder() {
     }
     assert!(run.join("curves.png").is_file());
     // The folder holds a finished run now: refused without --resume or --force.
-    let again = d2a(&[
-        "train",
-        "--epochs",
-        "1",
-        "--slices",
-        "16",
-        "--size",
-        "32",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let again = train_tiny(&run, &[]);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
         !again.status.success() && stderr.contains("already holds a run"),
@@ -182,22 +172,7 @@ fn train_on_phantoms_writes_a_run_folder() {
 fn repeats_report_mean_and_std_over_seeds() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("rep");
-    let out = d2a(&[
-        "train",
-        "--epochs",
-        "1",
-        "--slices",
-        "16",
-        "--size",
-        "32",
-        "--repeats",
-        "2",
-        "--seed",
-        "5",
-        "-q",
-        "--out",
-        base.to_str().unwrap(),
-    ]);
+    let out = train_tiny(&base, &["--repeats", "2", "--seed", "5", "-q"]);
     assert!(
         out.status.success(),
         "{}",
@@ -381,7 +356,7 @@ fn info_all_lists_every_model() {
 fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("unet");
-    let out = train_tiny(&run, &["--model", "unet-tiny"]);
+    let out = train_tiny(&run, &["--model", "unet-tiny", "-q"]);
     assert!(
         out.status.success(),
         "{}",
@@ -407,7 +382,7 @@ fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
     // A ResNet-101 baseline from scratch needs no weights.
     let out = train_tiny(
         &tmp.path().join("fcn"),
-        &["--model", "fcn8s-resnet101-tiny+scratch"],
+        &["--model", "fcn8s-resnet101-tiny+scratch", "-q"],
     );
     assert!(
         out.status.success(),
@@ -513,21 +488,11 @@ fn write_phantom(dir: &Path, name: &str, seed: u64, size: usize) {
     );
 }
 
-/// `d2a train` on 16 phantoms of 32², one epoch, quietly, into `run`, plus `extra` arguments.
-fn train_tiny(run: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "train", "--epochs", "1", "--slices", "16", "--size", "32", "-q", "--out",
-    ];
-    args.push(run.to_str().unwrap());
-    args.extend_from_slice(extra);
-    d2a(&args)
-}
-
 #[test]
 fn eval_and_predict_a_trained_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = train_tiny(&run, &[]);
+    let out = train_tiny(&run, &["-q"]);
     assert!(
         out.status.success(),
         "{}",
