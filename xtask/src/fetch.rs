@@ -74,9 +74,10 @@ impl Args {
         let raw = self.data.join("raw");
         fs::create_dir_all(&raw).with_context(|| format!("cannot create {}", raw.display()))?;
         let agent = download::agent();
+        let mut recorded = read_recorded(&raw)?;
         for dataset in &chosen {
             for file in [&dataset.images, &dataset.masks] {
-                self.obtain(&agent, file, &raw)?;
+                self.obtain(&agent, file, &raw, &mut recorded)?;
             }
         }
         if self.no_prepare {
@@ -107,10 +108,17 @@ impl Args {
 
     /// Makes `raw/<file>` present and verified: already there, copied from `--from`, or
     /// downloaded.
-    fn obtain(&self, agent: &ureq::Agent, file: &RemoteFile, raw: &Path) -> Result<()> {
+    /// `recorded`: the SHA-256 recorded at first downloads (`raw/checksums.json`), updated here.
+    fn obtain(
+        &self,
+        agent: &ureq::Agent,
+        file: &RemoteFile,
+        raw: &Path,
+        recorded: &mut BTreeMap<String, String>,
+    ) -> Result<()> {
         let dest = raw.join(file.name);
-        let mut recorded = read_recorded(raw)?;
-        let known = recorded.get(file.name).map(String::as_str);
+        let known = recorded.get(file.name).cloned();
+        let known = known.as_deref();
         if dest.is_file() {
             verify(&dest, &file.checksum, known)
                 .with_context(|| format!("delete {} to download it again", dest.display()))?;
@@ -152,7 +160,7 @@ impl Args {
             .with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))?;
         if file.checksum == Checksum::Record && known.is_none() {
             recorded.insert(file.name.to_string(), sha.clone());
-            write_recorded(raw, &recorded)?;
+            write_recorded(raw, recorded)?;
             eprintln!(
                 "{}: no published checksum; recorded sha256 {sha}",
                 file.name
