@@ -1,4 +1,5 @@
 //! d2a's cross-crate integration tests, one module per area.
 
+mod architecture;
 mod eval_masks;
 mod overfit;

@@ -409,13 +409,7 @@ fn without_network_it_fails_fast_and_names_the_host_and_from() {
 }
 
 fn fixtures() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
-    if dir.join("resnext_tiny.pth").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} not found", dir.display());
-        None
-    }
+    d2a_tests::shared_fixture("resnext_tiny.pth").and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 fn read_all(path: &Path) -> HashMap<String, candle_core::Tensor> {
@@ -538,11 +532,11 @@ fn list_prints_every_file_offline() {
 /// `<name>_io.safetensors` (an input and torchvision's `layer1..4` outputs in eval mode), both are
 /// converted, counted, and run through our encoder.
 #[test]
+#[ignore = "needs D2A_TORCHVISION_DIR with full torchvision checkpoints (run with --ignored)"]
 fn full_torchvision_checkpoints_convert_load_and_match() {
-    let Some(dir) = std::env::var_os("D2A_TORCHVISION_DIR").map(PathBuf::from) else {
-        eprintln!("skipping: set D2A_TORCHVISION_DIR to check full torchvision checkpoints");
-        return;
-    };
+    let dir = std::env::var_os("D2A_TORCHVISION_DIR")
+        .map(PathBuf::from)
+        .expect("D2A_TORCHVISION_DIR must name the folder of full torchvision checkpoints");
     use d2a_model::encoders::{ResNeXt, ResNeXtConfig};
     let tmp = tempfile::tempdir().unwrap();
     for (name, cfg, tensors) in [

@@ -45,11 +45,11 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => args.run(),
-        Command::Eval(args) => args.run(),
+        Command::Eval(args) => args.run(cli.quiet),
         Command::EvalMasks(args) => args.run(),
         Command::Info(args) => args.run(),
-        Command::Predict(args) => args.run(),
-        Command::Prepare(args) => args.run(),
+        Command::Predict(args) => args.run(cli.quiet),
+        Command::Prepare(args) => args.run(cli.quiet),
         Command::Train(mut args) => {
             args.quiet = cli.quiet;
             args.run()

@@ -6,7 +6,7 @@ use std::path::Path;
 use ndarray::Array3;
 use nifti::NiftiHeader;
 
-use crate::readers::{DISPLAY_FULL_SCALE, is_nifti, nifti_stem, read_volume};
+use crate::readers::{DISPLAY_FULL_SCALE, file_stem, is_nifti, read_volume};
 use crate::slice::{Intensity, Provenance, Slice};
 use crate::slice_files::GrayMap;
 use crate::{Error, Result};
@@ -47,10 +47,7 @@ pub fn read_input(path: &Path, intensity: Intensity) -> Result<Input> {
     let full_scale = f32::from(img.depth_max);
     let rule = intensity.resolve(0.0, 0.0, full_scale);
     let (height, width) = (img.height as usize, img.width as usize);
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let stem = file_stem(path);
     Ok(Input {
         slices: vec![Slice {
             height,
@@ -76,7 +73,7 @@ fn read_volume_input(path: &Path, intensity: Intensity) -> Result<Input> {
     let rule = vol.intensity_rule(path, intensity)?;
     let (x, y, z) = (vol.dims[0], vol.dims[1], vol.dims[2]);
     let (header, values, plane) = (vol.header, vol.values, x * y);
-    let volume = nifti_stem(path);
+    let volume = file_stem(path);
     let slices = (0..z)
         .map(|s| {
             // Display pixel (row r, col c) = stored (x = c, y = r), as the training readers.

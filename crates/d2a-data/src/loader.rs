@@ -141,11 +141,6 @@ impl Loader {
         order
     }
 
-    /// Builds batch `indices` of `epoch` (on the calling thread).
-    pub fn make_batch(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
-        make_batch(&self.slices, &self.cfg, indices, epoch)
-    }
-
     /// The batches of `epoch`, prepared by background threads.
     pub fn epoch(&self, epoch: u64) -> Epoch {
         let order = self.order(epoch);

@@ -61,12 +61,11 @@ impl MultiScale {
 
     fn new(c_in: usize, vb: VarBuilder) -> Result<Self> {
         let conv = |k: usize| {
-            Conv2d::new(
+            Conv2d::with_bias(
                 c_in,
                 1,
                 k,
                 Conv2dConfig::square(1, k / 2, 1, 1),
-                true,
                 vb.pp(format!("conv{k}")),
             )
         };
@@ -104,8 +103,8 @@ impl Gam {
         let one = Conv2dConfig::plain();
         Ok(Self {
             channel: ChannelMap::new(c_g, c_x, vb.pp("channel"))?,
-            squeeze_g: Conv2d::new(c_g, 1, 1, one, true, vb.pp("squeeze_g"))?,
-            squeeze_x: Conv2d::new(c_x, 1, 1, one, true, vb.pp("squeeze_x"))?,
+            squeeze_g: Conv2d::with_bias(c_g, 1, 1, one, vb.pp("squeeze_g"))?,
+            squeeze_x: Conv2d::with_bias(c_x, 1, 1, one, vb.pp("squeeze_x"))?,
             spatial: MultiScale::new(2, vb.pp("spatial"))?,
         })
     }
@@ -143,7 +142,7 @@ impl Dam {
     pub fn new(c: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             channel: ChannelMap::new(c, c, vb.pp("channel"))?,
-            squeeze: Conv2d::new(c, 1, 1, Conv2dConfig::plain(), true, vb.pp("squeeze"))?,
+            squeeze: Conv2d::with_bias(c, 1, 1, Conv2dConfig::plain(), vb.pp("squeeze"))?,
             spatial: MultiScale::new(1, vb.pp("spatial"))?,
         })
     }

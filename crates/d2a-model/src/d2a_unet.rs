@@ -23,7 +23,7 @@ pub enum Encoder {
 
 /// What to build: the encoder and the ablation switches of paper Table 3 (SPEC §2.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
+pub struct D2AUNetConfig {
     /// The encoder.
     pub encoder: Encoder,
     /// Gate attention on the skips (false: plain skip concatenation).
@@ -36,7 +36,7 @@ pub struct Config {
     pub pretrained: bool,
 }
 
-impl Config {
+impl D2AUNetConfig {
     /// The paper's best model: ResNeXt-50 (32x4d), pretrained, GAM + RAB + DAM.
     pub const fn paper_resnext50() -> Self {
         Self {
@@ -99,7 +99,7 @@ impl Config {
         Some(cfg)
     }
 
-    /// The names [`Config::by_name`] knows.
+    /// The names [`D2AUNetConfig::by_name`] knows.
     pub const NAMES: [&'static str; 3] = ["d2a-resnext50", "d2a-vgg", "d2a-vgg-tiny"];
 
     fn channels(&self) -> [usize; 5] {
@@ -136,7 +136,7 @@ struct DecoderStage {
 }
 
 impl DecoderStage {
-    fn new(c_d: usize, c_e: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn new(c_d: usize, c_e: usize, cfg: &D2AUNetConfig, vb: VarBuilder) -> Result<Self> {
         let up = ConvBn::same(c_d, c_e, 3, 1, vb.pp("up"))?;
         let gam = if cfg.gam {
             Some(Gam::new(c_d, c_e, vb.pp("gam"))?)
@@ -195,7 +195,7 @@ enum EncoderNet {
 /// The D2A U-Net.
 #[derive(Debug, Clone)]
 pub struct D2AUNet {
-    cfg: Config,
+    cfg: D2AUNetConfig,
     encoder: EncoderNet,
     decoder: Vec<DecoderStage>,
     head: ConvBn,
@@ -205,7 +205,7 @@ pub struct D2AUNet {
 impl D2AUNet {
     /// Builds the model with weights under `vb`: `encoder.*` (torchvision names for ResNeXt),
     /// `decoder.{0..3}.*`, `head.*`, `out.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &D2AUNetConfig, vb: VarBuilder) -> Result<Self> {
         let encoder = match cfg.encoder {
             Encoder::ResNeXt(c) => EncoderNet::ResNeXt(ResNeXt::new(&c, vb.pp("encoder"))?),
             Encoder::Vgg(c) => EncoderNet::Vgg(Vgg::new(&c, vb.pp("encoder"))?),
@@ -222,7 +222,7 @@ impl D2AUNet {
             )?);
         }
         let head = ConvBn::same(ch[0], 32, 3, 1, vb.pp("head"))?;
-        let out = Conv2d::new(32, 1, 1, Conv2dConfig::plain(), true, vb.pp("out"))?;
+        let out = Conv2d::with_bias(32, 1, 1, Conv2dConfig::plain(), vb.pp("out"))?;
         Ok(Self {
             cfg: *cfg,
             encoder,
@@ -233,19 +233,8 @@ impl D2AUNet {
     }
 
     /// The configuration the model was built with.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &D2AUNetConfig {
         &self.cfg
-    }
-
-    fn check_input(&self, x: &Tensor) -> Result<()> {
-        let m = self.cfg.size_multiple();
-        match *x.dims() {
-            [_, 1, h, w] if h % m == 0 && w % m == 0 && h > 0 && w > 0 => Ok(()),
-            _ => candle_core::bail!(
-                "D2AUNet: input must be [B, 1, H, W] with H and W positive multiples of {m}, got {:?}",
-                x.dims()
-            ),
-        }
     }
 
     /// `[B, 1, H, W]` in [0, 1] -> the encoder's input (3-channel ImageNet-normalised for ResNeXt).
@@ -259,9 +248,8 @@ impl D2AUNet {
     /// Logits of the lesion class.
     ///
     /// # Shapes
-    /// `[B, 1, H, W] -> [B, 1, H, W]`; H and W multiples of [`Config::size_multiple`].
+    /// `[B, 1, H, W] -> [B, 1, H, W]`; H and W multiples of [`D2AUNetConfig::size_multiple`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.check_input(x)?;
         let input = self.encoder_input(x)?;
         let feats = match &self.encoder {
             EncoderNet::ResNeXt(net) => net.features(&input, train)?,

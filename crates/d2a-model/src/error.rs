@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A checkpoint file could not be read.
-    #[error("cannot read checkpoint {path}: {source}")]
+    #[error("cannot read checkpoint {path}")]
     ReadCheckpoint {
         /// The file.
         path: PathBuf,
@@ -20,6 +20,45 @@ pub enum Error {
         path: PathBuf,
         /// What was missing, unexpected or mis-shaped.
         report: Box<crate::checkpoint::LoadReport>,
+    },
+    /// A file operation failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// What was being done: "read", "write", "create", "rename".
+        op: &'static str,
+        /// The path at fault.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A checkpoint's metadata value is missing or unusable.
+    #[error("checkpoint {path}: {key} {problem}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key ([`crate::checkpoint::format`]).
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A model name that [`crate::ModelConfig::by_name`] does not know.
+    #[error(
+        "unknown model {0:?}; known: {names} (baselines also with -tiny, D2A U-Nets with \
+         ablation switches; see `d2a info --all`)",
+        names = crate::ModelConfig::NAMES.join(", ")
+    )]
+    UnknownModel(String),
+    /// An input side the model cannot take.
+    #[error("{what} {side} must be a positive multiple of {multiple} for {model}")]
+    BadSide {
+        /// Which side ("--size", "model input side", "input height").
+        what: &'static str,
+        /// The side given.
+        side: usize,
+        /// The model's size multiple.
+        multiple: usize,
+        /// The model's name in the paper.
+        model: &'static str,
     },
     /// A model configuration or input that cannot work.
     #[error("{0}")]

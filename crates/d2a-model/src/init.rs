@@ -5,12 +5,64 @@
 //! generator seeded by the run's seed and the variable's name: the same seed gives the same
 //! model, whatever order layers are built in, on any device.
 
-use std::hash::{Hash, Hasher};
-
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
+
+/// The hash of a variable name that seeds its generator: SipHash-1-3 with zero keys over the
+/// name's bytes and a final `0xff`. That is what std's `DefaultHasher::new()` computed for a
+/// `str` when the initialisation was first written, spelled out here because std does not
+/// promise its algorithm across releases: every model (and every figure measured from one)
+/// keeps its initial weights.
+pub fn name_hash(name: &str) -> u64 {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.push(0xff);
+    siphash13(&bytes)
+}
+
+/// SipHash-1-3 (one compression round, three finalisation rounds) with keys `(0, 0)`.
+fn siphash13(msg: &[u8]) -> u64 {
+    let mut v = [
+        0x736f_6d65_7073_6575u64,
+        0x646f_7261_6e64_6f6d,
+        0x6c79_6765_6e65_7261,
+        0x7465_6462_7974_6573,
+    ];
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let compress = |m: u64, v: &mut [u64; 4]| {
+        v[3] ^= m;
+        round(v);
+        v[0] ^= m;
+    };
+    let chunks = msg.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let m = u64::from_le_bytes(c.try_into().expect("chunks of 8"));
+        compress(m, &mut v);
+    }
+    let mut last = (msg.len() as u64 & 0xff) << 56;
+    for (i, &b) in tail.iter().enumerate() {
+        last |= u64::from(b) << (8 * i);
+    }
+    compress(last, &mut v);
+    v[2] ^= 0xff;
+    for _ in 0..3 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
 
 /// A `VarMap` that creates missing variables from a seeded generator.
 struct SeededVarMap {
@@ -92,9 +144,7 @@ impl SimpleBackend for SeededVarMap {
             }
             return Ok(var.as_tensor().clone());
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        name.hash(&mut hasher);
-        let mut rng = SplitMix64(self.seed ^ hasher.finish());
+        let mut rng = SplitMix64(self.seed ^ name_hash(name));
         let values = draw(init, &shape, &mut rng);
         let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?
             .to_dtype(dtype)?
@@ -136,4 +186,24 @@ pub fn seeded_var_builder(
         seed,
     });
     VarBuilder::from_backend(backend, dtype, device.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values std's `DefaultHasher::new()` gave for these names (Rust 1.95): the weights
+    /// every earlier checkpoint and figure started from.
+    #[test]
+    fn name_hash_is_the_hash_the_initial_weights_were_drawn_with() {
+        for (name, want) in [
+            ("", 0x30406ea523c53def),
+            ("encoder.conv1.weight", 0x90eee805371b7295),
+            ("decoder.0.gate.psi.bias", 0x222dc27fabd10ffa),
+            ("head.weight", 0x87da0f4f3367d9ee),
+            ("a", 0x719b50b9a4f0e9f3),
+        ] {
+            assert_eq!(name_hash(name), want, "{name:?}");
+        }
+    }
 }

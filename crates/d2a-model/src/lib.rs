@@ -1,6 +1,6 @@
 //! The D2A U-Net (Zhao et al. 2021; SPEC §2) on candle, with the ops it needs.
 //!
-//! - [`D2AUNet`] with [`Config`] presets `paper_resnext50`, `paper_vgg` and `tiny`, and the
+//! - [`D2AUNet`] with [`D2AUNetConfig`] presets `paper_resnext50`, `paper_vgg` and `tiny`, and the
 //!   ablation switches of the paper's Table 3;
 //! - [`baselines`]: U-Net, Attention U-Net, U-Net++, FCN-8s and DeepLab v3 (paper Table 2);
 //! - [`Model`] / [`ModelConfig`]: any of them by name (`ModelConfig::by_name("unet")`), as
@@ -9,23 +9,26 @@
 //!   [`attention`] (GAM, DAM), [`rab`] (residual attention block);
 //! - [`ops`]: convolution, max-pool, bilinear ×2 and attention apply with correct gradients
 //!   (candle 0.11's versions are wrong or missing);
-//! - [`checkpoint`] (load with a key-by-key report, atomic save), [`cost`] (parameters and
-//!   MACs per layer), [`init`] (seeded initialisation).
+//! - [`checkpoint`] (load with a key-by-key report, atomic save; [`checkpoint::format`]: every
+//!   metadata key), [`cost`] (parameters and MACs per layer), [`init`] (seeded initialisation);
+//! - [`Segmenter`]: `d2a predict`'s inference in one call, from a checkpoint.
 //!
 //! The crate stands alone: it depends on no other d2a crate.
 //!
 //! # Using the model in your program
 //!
-//! Add `d2a-model` (and `candle-core`, `candle-nn`) to your `Cargo.toml`, then:
+//! To segment slices with a checkpoint of `d2a train`, add `d2a-model` to your `Cargo.toml` and
+//! use [`Segmenter`] (`Segmenter::from_checkpoint(path)?.segment(image)?` gives exactly the mask
+//! `d2a predict` writes). To build and run a network yourself (add `candle-core`, `candle-nn`):
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarMap;
-//! use d2a_model::{Config, D2AUNet, init::seeded_var_builder};
+//! use d2a_model::{D2AUNetConfig, D2AUNet, init::seeded_var_builder};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let varmap = VarMap::new();
-//! let model = D2AUNet::new(&Config::tiny(), seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
+//! let model = D2AUNet::new(&D2AUNetConfig::tiny(), seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
 //! // For trained weights: d2a_model::checkpoint::load_exact(&varmap, path, "", &[])?;
 //! // Any model by name: d2a_model::Model::new(&d2a_model::ModelConfig::by_name("unet").unwrap(), vb)
 //! let ct = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu)?; // [B, 1, H, W] in [0, 1]
@@ -50,16 +53,18 @@ mod models;
 pub mod nn;
 pub mod ops;
 pub mod rab;
+mod segment;
 
-pub use d2a_unet::{Config, D2AUNet, Encoder};
+pub use d2a_unet::{D2AUNet, D2AUNetConfig, Encoder};
 pub use error::{Error, Result};
 pub use models::{Model, ModelConfig, Pretrained};
+pub use segment::{Image, LESION_LOGIT, Segmenter, mask_of_logits, predict_logits};
 
 #[cfg(test)]
 mod test_support;
 
 #[cfg(test)]
-mod model_tests;
+mod tests;
 
 /// Keeps freed tensor memory in the process for reuse instead of returning it to the kernel.
 ///

@@ -2,7 +2,7 @@
 //! paper's Table 2, behind one [`Model`] that the training loop, `d2a info` and `d2a bench` use.
 //!
 //! Names: `d2a-resnext50`, `d2a-vgg`, `d2a-vgg-tiny` (each with the ablation switches of
-//! [`Config::by_name`]), `unet`, `attention-unet`, `unet-pp`, `fcn8s-resnet101`,
+//! [`D2AUNetConfig::by_name`]), `unet`, `attention-unet`, `unet-pp`, `fcn8s-resnet101`,
 //! `deeplabv3-resnet101`. A baseline name with `-tiny` appended is the same architecture at a
 //! reduced width (tests and quick CPU runs); the ResNet-101 models accept `+scratch` (no
 //! ImageNet weights).
@@ -15,13 +15,13 @@ use crate::baselines::{
     UNetPlusPlusConfig,
 };
 use crate::cost::Cost;
-use crate::{Config, D2AUNet, Encoder};
+use crate::{D2AUNet, D2AUNetConfig, Encoder, Error};
 
 /// Which model to build, with its configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelConfig {
     /// The D2A U-Net.
-    D2A(Config),
+    D2A(D2AUNetConfig),
     /// U-Net (Ronneberger et al. 2015).
     UNet(UNetConfig),
     /// Attention U-Net (Oktay et al. 2018): the U-Net's configuration plus gates.
@@ -60,7 +60,7 @@ impl ModelConfig {
     /// The model of a name (see the module documentation), or `None`.
     pub fn by_name(name: &str) -> Option<Self> {
         if name.starts_with("d2a-") {
-            return Config::by_name(name).map(Self::D2A);
+            return D2AUNetConfig::by_name(name).map(Self::D2A);
         }
         let (base, switches) = match name.split_once('+') {
             Some((base, switches)) => (base, Some(switches)),
@@ -101,6 +101,28 @@ impl ModelConfig {
             _ => return None,
         }
         Some(cfg)
+    }
+
+    /// The model of a name, or [`Error::UnknownModel`] listing the known ones.
+    pub fn parse(name: &str) -> crate::Result<Self> {
+        Self::by_name(name).ok_or_else(|| Error::UnknownModel(name.to_string()))
+    }
+
+    /// Checks that `side` (an input height, width or square side, named `what` in the
+    /// message) is a positive multiple of [`ModelConfig::size_multiple`]: the one place this
+    /// rule is written. Entry points (training, inference, `info`, `bench`) call it once,
+    /// before any work.
+    pub fn check_side(&self, what: &'static str, side: usize) -> crate::Result<()> {
+        let multiple = self.size_multiple();
+        if side == 0 || !side.is_multiple_of(multiple) {
+            return Err(Error::BadSide {
+                what,
+                side,
+                multiple,
+                model: self.reference(),
+            });
+        }
+        Ok(())
     }
 
     /// Input height and width must be multiples of this.
@@ -207,17 +229,9 @@ impl Model {
     ///
     /// # Shapes
     /// `[B, 1, H, W] -> [B, 1, H, W]`; H and W positive multiples of the model's
-    /// [`ModelConfig::size_multiple`].
+    /// [`ModelConfig::size_multiple`] (checked by the caller with [`ModelConfig::check_side`],
+    /// once, not on every pass; [`crate::Segmenter`] does it for you).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let m = self.cfg.size_multiple();
-        match *x.dims() {
-            [_, 1, h, w] if h % m == 0 && w % m == 0 && h > 0 && w > 0 => {}
-            _ => candle_core::bail!(
-                "{}: input must be [B, 1, H, W] with H and W positive multiples of {m}, got {:?}",
-                self.cfg.reference(),
-                x.dims()
-            ),
-        }
         match &self.net {
             Net::D2A(m) => m.forward_t(x, train),
             Net::UNet(m) => m.forward_t(x, train),

@@ -42,9 +42,31 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// A `k x k` convolution `c_in -> c_out`; weights drawn as PyTorch does (Kaiming uniform with
-    /// `a = sqrt(5)`, so `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, and the same for the bias).
-    pub fn new(
+    /// A `k x k` convolution `c_in -> c_out` with a bias (`weight`, `bias` under `vb`); weights
+    /// drawn as PyTorch does (Kaiming uniform with `a = sqrt(5)`, so
+    /// `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, and the same for the bias).
+    pub fn with_bias(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        cfg: Conv2dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(c_in, c_out, k, cfg, true, vb)
+    }
+
+    /// [`Conv2d::with_bias`] without the bias (before a BatchNorm).
+    pub fn no_bias(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        cfg: Conv2dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(c_in, c_out, k, cfg, false, vb)
+    }
+
+    fn build(
         c_in: usize,
         c_out: usize,
         k: usize,
@@ -179,8 +201,9 @@ pub fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
     BatchNorm2d::new(c, vb)
 }
 
-/// Convolution without bias, then BatchNorm, then ReLU if `relu`: the repeated unit of every
-/// encoder and decoder. Weights under `{conv}` and `{bn}` names given by the caller.
+/// Convolution without bias, then BatchNorm, then ReLU (unless built
+/// [`without_relu`](ConvBn::without_relu)): the repeated unit of every encoder and decoder.
+/// Weights under `{conv}` and `{bn}` names given by the caller.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
     conv: Conv2d,
@@ -189,18 +212,17 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    /// A `k x k` conv `c_in -> c_out` with `cfg`, weights at `vb_conv`, BN at `vb_bn`.
+    /// A `k x k` conv `c_in -> c_out` with `cfg`, weights at `vb_conv`, BN at `vb_bn`, then ReLU.
     pub fn new(
         (c_in, c_out, k): (usize, usize, usize),
         cfg: Conv2dConfig,
-        relu: bool,
         vb_conv: VarBuilder,
         vb_bn: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            conv: Conv2d::new(c_in, c_out, k, cfg, false, vb_conv)?,
+            conv: Conv2d::no_bias(c_in, c_out, k, cfg, vb_conv)?,
             bn: batch_norm(c_out, vb_bn)?,
-            relu,
+            relu: true,
         })
     }
 
@@ -213,7 +235,7 @@ impl ConvBn {
         vb: VarBuilder,
     ) -> Result<Self> {
         let cfg = Conv2dConfig::square(1, dilation * (k / 2), dilation, 1);
-        Self::new((c_in, c_out, k), cfg, true, vb.pp("conv"), vb.pp("bn"))
+        Self::new((c_in, c_out, k), cfg, vb.pp("conv"), vb.pp("bn"))
     }
 
     /// The same unit without the final ReLU.
@@ -236,7 +258,7 @@ impl ModuleT for ConvBn {
     /// Training: the convolution, then BatchNorm on batch statistics (+ ReLU). Inference: the
     /// BatchNorm folded into the convolution's kernel ([`conv2d_affine`]), one pass.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train || self.conv.bias.is_some() {
+        if train {
             return self
                 .bn
                 .forward_act(&self.conv.forward(x)?, train, self.relu);
@@ -269,7 +291,7 @@ mod tests {
             let varmap = VarMap::new();
             let vb = seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
             let cfg = Conv2dConfig::square(2, 1, 1, 1);
-            let mut unit = ConvBn::new((3, 5, 3), cfg, relu, vb.pp("conv"), vb.pp("bn"))?;
+            let mut unit = ConvBn::new((3, 5, 3), cfg, vb.pp("conv"), vb.pp("bn"))?;
             if !relu {
                 unit = unit.without_relu();
             }

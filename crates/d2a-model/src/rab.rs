@@ -40,13 +40,15 @@ impl Rab {
             None
         } else {
             let vb = vb.pp("shortcut");
-            Some(ConvBn::new(
-                (c_in, c_out, 1),
-                Conv2dConfig::plain(),
-                false,
-                vb.pp("conv"),
-                vb.pp("bn"),
-            )?)
+            Some(
+                ConvBn::new(
+                    (c_in, c_out, 1),
+                    Conv2dConfig::plain(),
+                    vb.pp("conv"),
+                    vb.pp("bn"),
+                )?
+                .without_relu(),
+            )
         };
         Ok(Self { hdc, dam, shortcut })
     }

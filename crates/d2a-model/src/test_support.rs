@@ -1,7 +1,6 @@
 //! Helpers for this crate's tests: deterministic inputs and the PyTorch fixtures.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Result, Tensor};
 
@@ -17,23 +16,11 @@ pub(crate) fn pseudo_random(dims: &[usize], seed: u64) -> Result<Tensor> {
     Tensor::from_vec(values, dims, &Device::Cpu)
 }
 
-/// `shared/fixtures` beside the repository, or `$D2A_SHARED_FIXTURES`.
-pub(crate) fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("D2A_SHARED_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    }
-}
-
-/// The tensors of `shared/fixtures/NAME`, or `None` (with a message) where `shared/` is absent.
+/// The tensors of `shared/fixtures/NAME`, or `None` where it is absent (skipped visibly, or a
+/// failure under `CI=true`).
 pub(crate) fn fixture(name: &str) -> Result<Option<HashMap<String, Tensor>>> {
-    let path = fixtures_dir().join(name);
-    if !path.is_file() {
-        eprintln!(
-            "skipping: fixture {} not found (set D2A_SHARED_FIXTURES)",
-            path.display()
-        );
-        return Ok(None);
+    match d2a_tests::shared_fixture(name) {
+        Some(path) => candle_core::safetensors::load(&path, &Device::Cpu).map(Some),
+        None => Ok(None),
     }
-    candle_core::safetensors::load(&path, &Device::Cpu).map(Some)
 }

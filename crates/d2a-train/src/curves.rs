@@ -22,7 +22,7 @@ pub const COLOURS: [[u8; 3]; 4] = [
 ];
 
 /// Draws `records` into a PNG at `path` (atomically). No records: an empty frame.
-pub fn write_curves(records: &[EpochRecord], path: &Path) -> Result<(), String> {
+pub fn write_curves(records: &[EpochRecord], path: &Path) -> crate::Result<()> {
     let width = 2 * PANEL.0;
     let mut img = RgbImage::from_pixel(width, PANEL.1, Rgb([255, 255, 255]));
     let max_loss = records
@@ -50,11 +50,10 @@ pub fn write_curves(records: &[EpochRecord], path: &Path) -> Result<(), String> 
             (series(|r| r.val_dice_global), COLOURS[3]),
         ],
     );
-    let tmp = path.with_extension("png.partial");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), path.display()))
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| crate::Error::Config(format!("cannot encode {}: {e}", path.display())))?;
+    Ok(d2a_model::checkpoint::write_atomic(path, png.get_ref())?)
 }
 
 /// One panel at horizontal offset `x0`: frame, grid, and each series scaled to `[0, y_max]`.

@@ -1,27 +1,26 @@
 //! The training loop: epochs of Dice + BCE with Adam, validation after each, a record per epoch.
 
-use std::time::Instant;
-
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
-use candle_core::{Result, Tensor, Var, bail};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use d2a_data::Slice;
 use d2a_data::loader::Loader;
 use d2a_metrics::{Confusion, Summary};
 use d2a_model::Model;
-use d2a_model::checkpoint::{
-    load_exact, read_metadata, read_tensors, save_tensors, trainable_vars,
-};
+use d2a_model::checkpoint::format::{MOMENT_PREFIXES, TRAIN_STATE, read_train_state};
+use d2a_model::checkpoint::{load_exact, read_tensors, save_tensors, tensors_of, trainable_vars};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::infer::predict_logits;
 use crate::loss::dice_bce;
 use crate::optim::{Adam, AdamConfig};
 use crate::schedule::{PlateauConfig, ReduceOnPlateau};
+use crate::score::{confusion, for_each_prediction};
+use crate::{Error, Result};
 
 /// What a [`Trainer`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -95,6 +94,8 @@ pub struct Validation {
     pub input: usize,
     /// Slices per forward pass.
     pub batch: usize,
+    /// Where the model runs.
+    pub device: Device,
 }
 
 /// Mean per-slice loss and the metrics of `model` (eval mode) on `val`: each slice predicted at
@@ -103,23 +104,20 @@ pub struct Validation {
 pub fn evaluate(model: &Model, val: &Validation, lambda: f64) -> Result<(f64, Summary)> {
     let mut counts: Vec<Confusion> = Vec::with_capacity(val.slices.len());
     let mut loss_sum = 0.0;
-    let device = candle_core::Device::Cpu;
-    for chunk in val.slices.chunks(val.batch.max(1)) {
-        let logits = predict_logits(model, chunk, val.input, val.batch, &device)?;
-        for (s, l) in chunk.iter().zip(logits) {
-            let truth: Vec<bool> = s.mask.iter().map(|&m| m != 0).collect();
-            counts.push(Confusion::from_scores(&l, 0.0, &truth).map_err(candle_core::Error::wrap)?);
-            let shape = (1, 1, s.height, s.width);
-            let target: Vec<f32> = s.mask.iter().map(|&m| f32::from(m)).collect();
-            let loss = dice_bce(
-                &Tensor::from_vec(l, shape, &device)?,
-                &Tensor::from_vec(target, shape, &device)?,
-                lambda,
-            )?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
-        }
-    }
-    let summary = Summary::from_confusions(&counts).map_err(candle_core::Error::wrap)?;
+    let device = &val.device;
+    for_each_prediction(model, &val.slices, val.input, val.batch, device, |s, l| {
+        counts.push(confusion(s, &l)?);
+        let shape = (1, 1, s.height, s.width);
+        let target: Vec<f32> = s.mask.iter().map(|&m| f32::from(m)).collect();
+        let loss = dice_bce(
+            &Tensor::from_vec(l, shape, device)?,
+            &Tensor::from_vec(target, shape, device)?,
+            lambda,
+        )?;
+        loss_sum += f64::from(loss.to_scalar::<f32>()?);
+        Ok::<_, Error>(())
+    })?;
+    let summary = Summary::from_confusions(&counts)?;
     Ok((loss_sum / counts.len().max(1) as f64, summary))
 }
 
@@ -164,12 +162,6 @@ pub struct Trainer {
     /// Where training stands.
     pub state: TrainState,
 }
-
-/// Key prefixes of the optimiser moments in a training checkpoint.
-const MOMENT_PREFIXES: [&str; 2] = ["optim.m.", "optim.v."];
-
-/// The metadata key holding the [`TrainState`] as JSON.
-pub const STATE_KEY: &str = "d2a.train_state";
 
 impl Trainer {
     /// A trainer for `model`, built over `varmap`, with fresh optimiser state.
@@ -216,7 +208,7 @@ impl Trainer {
         let (mut loss_sum, mut n) = (0.0, 0);
         let total = train.n_batches();
         for batch in train.epoch(epoch as u64) {
-            let batch = batch.map_err(candle_core::Error::wrap)?;
+            let batch = batch?;
             let loss = dice_bce(
                 &self.model.forward_t(&batch.images, true)?,
                 &batch.masks,
@@ -224,10 +216,11 @@ impl Trainer {
             )?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
-                bail!(
-                    "loss is {value} at epoch {epoch}, batch {}: training stopped; the last good checkpoint is kept",
-                    n + 1
-                );
+                return Err(Error::NonFiniteLoss {
+                    value,
+                    epoch,
+                    batch: n + 1,
+                });
             }
             self.opt.backward_step(&loss)?;
             loss_sum += value;
@@ -264,47 +257,35 @@ impl Trainer {
             }
         }
         let mut metadata = metadata.clone();
-        metadata.insert(
-            STATE_KEY.into(),
-            serde_json::to_string(&self.state).map_err(candle_core::Error::wrap)?,
-        );
-        save_tensors(&tensors, &metadata, path).map_err(candle_core::Error::wrap)
+        let state = serde_json::to_string(&self.state).map_err(|source| Error::Json {
+            what: "training state",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        metadata.insert(TRAIN_STATE.into(), state);
+        Ok(save_tensors(&tensors, &metadata, path)?)
     }
 
     /// Saves the weights and BatchNorm statistics only (what evaluation needs), atomically.
     pub fn save_weights(&self, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {
-        save_tensors(&self.weights()?, metadata, path).map_err(candle_core::Error::wrap)
+        Ok(save_tensors(&self.weights()?, metadata, path)?)
     }
 
     fn weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let data =
-            self.varmap.data().lock().map_err(|_| {
-                candle_core::Error::Msg("the model's VarMap lock is poisoned".into())
-            })?;
-        let mut tensors: Vec<(String, Tensor)> = data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(tensors)
+        Ok(tensors_of(&self.varmap)?)
     }
 
     /// Restores everything [`Trainer::save_checkpoint`] wrote to `path`. The file must fit the
     /// model exactly and hold the optimiser moments and the state.
     pub fn restore(&mut self, path: &Path) -> Result<()> {
-        let wrap = candle_core::Error::wrap;
-        let metadata = read_metadata(path).map_err(wrap)?;
-        let Some(state) = metadata.get(STATE_KEY) else {
-            bail!(
-                "{} holds no training state (it is a weights-only checkpoint); cannot resume from it",
-                path.display()
-            )
-        };
-        let state: TrainState = serde_json::from_str(state).map_err(|e| {
-            candle_core::Error::Msg(format!("corrupt training state in {}: {e}", path.display()))
+        let state = read_train_state(path)?;
+        let state: TrainState = serde_json::from_str(&state).map_err(|source| Error::Json {
+            what: "training state",
+            path: path.to_path_buf(),
+            source,
         })?;
-        load_exact(&self.varmap, path, "", &MOMENT_PREFIXES).map_err(wrap)?;
-        let tensors = read_tensors(path).map_err(wrap)?;
+        load_exact(&self.varmap, path, "", &MOMENT_PREFIXES)?;
+        let tensors = read_tensors(path)?;
         let moments = |prefix: &str| -> Result<Vec<Tensor>> {
             self.names
                 .iter()
@@ -312,11 +293,9 @@ impl Trainer {
                     tensors
                         .get(&format!("{prefix}{name}"))
                         .cloned()
-                        .ok_or_else(|| {
-                            candle_core::Error::Msg(format!(
-                                "{} lacks the optimiser moment {prefix}{name}",
-                                path.display()
-                            ))
+                        .ok_or_else(|| Error::Checkpoint {
+                            path: path.to_path_buf(),
+                            problem: format!("lacks the optimiser moment {prefix}{name}"),
                         })
                 })
                 .collect()
@@ -336,12 +315,12 @@ mod tests {
     /// it, before any update, and the trainer's state still says no epoch finished.
     #[test]
     fn a_nan_loss_stops_training() -> Result<()> {
-        use candle_core::{DType, Device};
+        use candle_core::DType;
         use d2a_data::loader::LoaderConfig;
         let slices = d2a_data::synthetic::phantoms(8, 16, 0);
         let varmap = VarMap::new();
         let model = Model::new(
-            &d2a_model::ModelConfig::D2A(d2a_model::Config::tiny()),
+            &d2a_model::ModelConfig::D2A(d2a_model::D2AUNetConfig::tiny()),
             d2a_model::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
         )?;
         let (_, head) = trainable_vars(&varmap)
@@ -356,12 +335,12 @@ mod tests {
             plateau: PlateauConfig::paper(),
         };
         let mut trainer = Trainer::new(model, varmap, cfg)?;
-        let loader =
-            Loader::new(slices.clone(), LoaderConfig::eval(4)).map_err(candle_core::Error::wrap)?;
+        let loader = Loader::new(slices.clone(), LoaderConfig::eval(4))?;
         let val = Validation {
             slices,
             input: 16,
             batch: 4,
+            device: Device::Cpu,
         };
         let err = trainer.run_epoch(&loader, &val, |_, _, _| {}).unwrap_err();
         assert!(

@@ -37,12 +37,7 @@ mod tests {
     use super::*;
 
     fn fixture() -> Option<std::collections::HashMap<String, Tensor>> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/ops_io.safetensors");
-        if !path.is_file() {
-            eprintln!("skipping: {} not found", path.display());
-            return None;
-        }
+        let path = d2a_tests::shared_fixture("ops_io.safetensors")?;
         Some(candle_core::safetensors::load(&path, &Device::Cpu).expect("reading the fixture"))
     }
 

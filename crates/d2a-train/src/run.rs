@@ -2,10 +2,10 @@
 //! (one line per epoch), `curves.png`, `last.safetensors` (weights, BatchNorm statistics,
 //! optimiser moments and the training state, written atomically every epoch),
 //! `best.safetensors` (the weights of the best validation epoch; the model input side at
-//! evaluation, [`eval_size`], is in its metadata) and, when a test set is given,
+//! evaluation, [`eval_size`], is in its metadata, see `d2a_model::checkpoint::format`) and,
+//! when a test set is given,
 //! `test.json` (the test set scored once, at the end, with the best-on-validation weights).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -15,14 +15,16 @@ use d2a_data::dataset::read_dataset;
 use d2a_data::loader::{Loader, LoaderConfig};
 use d2a_data::{ReadOptions, Slice};
 use d2a_metrics::Report;
-use d2a_model::checkpoint::load_exact;
+use d2a_model::checkpoint::format::InferenceMeta;
+use d2a_model::checkpoint::{load_exact, write_atomic};
 use d2a_model::init::seeded_var_builder;
 use d2a_model::{Model, ModelConfig, Pretrained};
 use serde::{Deserialize, Serialize};
 
 use crate::curves::write_curves;
 use crate::fit::{EpochRecord, FitConfig, Trainer, Validation, split_by_volume};
-use crate::infer::evaluate_slices;
+use crate::score::evaluate_slices;
+use crate::{Error, Result};
 
 /// What a run trains on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,10 +93,16 @@ pub trait Observer {
     fn epoch_end(&mut self, _record: &EpochRecord) {}
 }
 
-/// An observer that ignores everything.
-pub struct Silent;
-
-impl Observer for Silent {}
+/// How many slices a run trained, validated and tested on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SliceCounts {
+    /// Training slices.
+    pub train: usize,
+    /// Validation slices (whole volumes held out of the training data).
+    pub val: usize,
+    /// Test slices (0 without a test set).
+    pub test: usize,
+}
 
 /// What a finished run produced.
 #[derive(Debug, Clone)]
@@ -107,8 +115,8 @@ pub struct RunOutcome {
     pub best: EpochRecord,
     /// The test report, if a test set was given.
     pub test: Option<Report>,
-    /// Training, validation and test slice counts.
-    pub counts: (usize, usize, usize),
+    /// Slice counts.
+    pub counts: SliceCounts,
 }
 
 /// Files a run writes (and `--force` replaces).
@@ -121,293 +129,382 @@ pub const RUN_FILES: [&str; 6] = [
     "test.json",
 ];
 
-/// Checkpoint metadata keys: the model preset and its input side.
-pub const MODEL_KEY: &str = "d2a.model";
-/// See [`MODEL_KEY`].
-pub const INPUT_SIZE_KEY: &str = "d2a.input_size";
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn err(text: String) -> BoxError {
-    text.into()
-}
-
-/// Runs (or resumes) the training described by `cfg` in `dir`.
+/// Runs (or resumes) the training described by `cfg` in `dir`. With [`Existing::Resume`],
+/// `cfg` is ignored: the folder's `config.json` wins. Nothing of an existing run is replaced
+/// before the new run's settings are checked and its data read.
 pub fn run(
     cfg: &RunConfig,
     dir: &Path,
     existing: Existing,
     observer: &mut dyn Observer,
-) -> Result<RunOutcome, BoxError> {
-    let config_path = dir.join("config.json");
-    let last = dir.join("last.safetensors");
-    let cfg = if existing == Existing::Resume {
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            err(format!(
-                "cannot resume {}: no readable config.json ({e})",
-                dir.display()
-            ))
-        })?;
-        let cfg: RunConfig = serde_json::from_str(&text)
-            .map_err(|e| err(format!("corrupt {}: {e}", config_path.display())))?;
-        if !last.is_file() {
-            return Err(err(format!(
-                "cannot resume {}: it has no last.safetensors (no epoch finished); start it again with --force",
-                dir.display()
-            )));
+) -> Result<RunOutcome> {
+    let folder = RunFolder(dir.to_path_buf());
+    let plan = match existing {
+        Existing::Resume => Plan::new(folder.resumable_config()?)?,
+        Existing::Refuse | Existing::Overwrite => {
+            folder.check_free(existing)?;
+            Plan::new(cfg.clone())?
         }
-        cfg
-    } else {
-        // Before anything of an existing run is replaced.
-        check(cfg)?;
-        check_backbone(cfg)?;
-        if config_path.exists() {
-            if existing == Existing::Refuse {
-                return Err(err(format!(
-                    "{} already holds a run; continue it with --resume or replace it with --force",
-                    dir.display()
-                )));
-            }
-            for f in RUN_FILES {
-                let p = dir.join(f);
-                if p.exists() {
-                    std::fs::remove_file(&p)
-                        .map_err(|e| err(format!("cannot remove {}: {e}", p.display())))?;
-                }
-            }
-        }
-        cfg.clone()
     };
-    check(&cfg)?;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        err(format!(
-            "cannot create the run folder {}: {e}",
-            dir.display()
-        ))
-    })?;
-    write_atomic(
-        &config_path,
-        (serde_json::to_string_pretty(&cfg)? + "\n").as_bytes(),
-    )?;
-
-    let model_cfg = ModelConfig::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
-    let slices = load_train(&cfg, observer)?;
-    let (train, val) = split_by_volume(slices, cfg.val_fraction, cfg.seed);
-    if train.is_empty() || val.is_empty() {
-        return Err(err(format!(
-            "the training data must hold at least two volumes (one for validation): got {} training and {} validation slices",
-            train.len(),
-            val.len()
-        )));
+    let (train, val) = plan.read_data(observer)?;
+    if existing == Existing::Overwrite {
+        folder.clear()?;
     }
-    let input = eval_size(&cfg);
-    let val = Validation {
-        slices: val,
-        input,
-        batch: cfg.batch,
-    };
-    let counts = (train.len(), val.slices.len());
-    let augment = AugmentConfig::for_crop(cfg.size);
-    let train_loader = Loader::new(train, LoaderConfig::train(cfg.batch, cfg.seed, augment))?;
-
-    let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let model = Model::new(
-        &model_cfg,
-        seeded_var_builder(&varmap, cfg.seed, DType::F32, &device),
-    )?;
-    if existing != Existing::Resume
-        && let Some((pretrained, path)) = backbone_file(&cfg, &model_cfg)
-    {
-        let report = load_exact(&varmap, &path, pretrained.prefix, &["fc."])?;
-        observer.message(&format!(
-            "encoder initialised from ImageNet weights {} ({} tensors)",
-            path.display(),
-            report.loaded
-        ));
-    }
-    let mut trainer = Trainer::new(model, varmap, cfg.fit)?;
-    if existing == Existing::Resume {
-        trainer.restore(&last)?;
-        observer.message(&format!(
-            "resuming {} after epoch {} of {}",
-            dir.display(),
-            trainer.state.epoch,
-            cfg.fit.epochs
-        ));
-    }
-    let metadata = HashMap::from([
-        (MODEL_KEY.to_string(), cfg.model.clone()),
-        (INPUT_SIZE_KEY.to_string(), input.to_string()),
-    ]);
-    let best_path = dir.join("best.safetensors");
-    while trainer.state.epoch < cfg.fit.epochs {
-        observer.epoch_start(
-            trainer.state.epoch + 1,
-            cfg.fit.epochs,
-            train_loader.n_batches(),
-        );
-        let record = trainer.run_epoch(&train_loader, &val, |done, _, loss| {
-            observer.batch(done, loss)
-        })?;
-        // Best weights first, then the full state: a run killed in between resumes from the
-        // previous epoch and rewrites both.
-        if trainer
-            .state
-            .best()
-            .is_some_and(|b| b.epoch == record.epoch)
-        {
-            trainer.save_weights(&best_path, &metadata)?;
-        }
-        trainer.save_checkpoint(&last, &metadata)?;
-        write_metrics(&trainer.state.history, &dir.join("metrics.jsonl"))?;
-        write_curves(&trainer.state.history, &dir.join("curves.png")).map_err(err)?;
-        observer.epoch_end(&record);
-    }
+    folder.create()?;
+    write_json(&folder.file("config.json"), &plan.cfg)?;
+    let mut trainer = plan.trainer(existing, &folder, observer)?;
+    plan.train_epochs(&mut trainer, &train, &val, &folder, observer)?;
     let best = trainer
         .state
         .best()
         .cloned()
-        .ok_or_else(|| err("no epoch ran".into()))?;
-    let mut n_test = 0;
-    let test = match &cfg.test {
-        None => None,
-        Some(path) => {
-            observer.message(&format!(
-                "testing the epoch-{} weights (best on validation) on {}",
-                best.epoch,
-                path.display()
-            ));
-            load_exact(trainer.varmap(), &best_path, "", &[])?;
-            // Every slice, scored at its own size (as published scores are).
-            let slices = read_dataset(path, &ReadOptions::native())?;
-            n_test = slices.len();
-            let report = evaluate_slices(trainer.model(), &slices, input, cfg.batch, &device)?;
-            write_atomic(
-                &dir.join("test.json"),
-                (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
-            )?;
-            Some(report)
-        }
-    };
+        .ok_or_else(|| Error::Config("no epoch ran".into()))?;
+    let test = plan.test(&mut trainer, &best, &folder, observer)?;
     Ok(RunOutcome {
         dir: dir.to_path_buf(),
         history: trainer.state.history.clone(),
         best,
+        counts: SliceCounts {
+            train: train.len(),
+            val: val.slices.len(),
+            test: test.as_ref().map_or(0, |r| r.n_slices),
+        },
         test,
-        counts: (counts.0, counts.1, n_test),
     })
+}
+
+/// A run folder and the rules for an existing run in it.
+struct RunFolder(PathBuf);
+
+impl RunFolder {
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The `config.json` of a run that can be resumed.
+    fn resumable_config(&self) -> Result<RunConfig> {
+        let path = self.file("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            op: "resume from",
+            path: path.clone(),
+            source,
+        })?;
+        let cfg = serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: "config.json",
+            path,
+            source,
+        })?;
+        if !self.file("last.safetensors").is_file() {
+            return Err(self.problem(
+                "cannot resume: it has no last.safetensors (no epoch finished); start it again \
+                 with --force",
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Refuses a folder that holds a run, unless it is to be overwritten.
+    fn check_free(&self, existing: Existing) -> Result<()> {
+        if existing == Existing::Refuse && self.file("config.json").exists() {
+            return Err(self.problem(
+                "already holds a run; continue it with --resume or replace it with --force",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the files of the run it holds.
+    fn clear(&self) -> Result<()> {
+        for f in RUN_FILES {
+            let path = self.file(f);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|source| Error::Io {
+                    op: "remove",
+                    path,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.0).map_err(|source| Error::Io {
+            op: "create the run folder",
+            path: self.0.clone(),
+            source,
+        })
+    }
+
+    fn problem(&self, problem: &str) -> Error {
+        Error::RunFolder {
+            dir: self.0.clone(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A checked configuration with its model parsed once.
+struct Plan {
+    cfg: RunConfig,
+    model: ModelConfig,
+    device: Device,
+}
+
+impl Plan {
+    /// Checks every setting of `cfg` (and that the files it names exist) before any work.
+    fn new(cfg: RunConfig) -> Result<Self> {
+        let model = ModelConfig::parse(&cfg.model)?;
+        model.check_side("--size", cfg.size)?;
+        if cfg.batch == 0 || cfg.fit.epochs == 0 {
+            return Err(Error::Config(
+                "--batch and --epochs must be positive".into(),
+            ));
+        }
+        let (lr, decay) = (cfg.fit.adam.lr, cfg.fit.adam.weight_decay);
+        if !(lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&cfg.val_fraction)) {
+            return Err(Error::Config(format!(
+                "the learning rate ({lr}) must be positive and the validation fraction ({}) in [0, 1)",
+                cfg.val_fraction
+            )));
+        }
+        if !(decay.is_finite() && decay >= 0.0) {
+            return Err(Error::Config(format!(
+                "the weight decay ({decay}) must be zero or positive"
+            )));
+        }
+        if let TrainData::Synthetic { slices, size } = cfg.train
+            && (slices < 16 || size < 16)
+        {
+            return Err(Error::Config(
+                "synthetic data needs at least 16 slices (two volumes) of at least 16 pixels"
+                    .into(),
+            ));
+        }
+        if let Some(test) = &cfg.test
+            && !test.exists()
+        {
+            return Err(Error::Config(format!(
+                "the test data {} does not exist",
+                test.display()
+            )));
+        }
+        let plan = Self {
+            cfg,
+            model,
+            device: Device::Cpu,
+        };
+        plan.check_backbone()?;
+        Ok(plan)
+    }
+
+    /// The ImageNet weights a pretrained model starts from, and where they are read.
+    fn backbone_file(&self) -> Option<(Pretrained, PathBuf)> {
+        let pretrained = self.model.pretrained()?;
+        let path = self.cfg.backbone.clone().unwrap_or_else(|| {
+            PathBuf::from("weights").join(format!("{}.safetensors", pretrained.name))
+        });
+        Some((pretrained, path))
+    }
+
+    /// Checks that the ImageNet weights a pretrained model needs exist.
+    fn check_backbone(&self) -> Result<()> {
+        if let Some((pretrained, path)) = self.backbone_file()
+            && !path.is_file()
+        {
+            return Err(Error::Config(format!(
+                "{} starts from ImageNet {} weights, and {} does not exist: run `cargo xtask \
+                 convert-weights --model {}` (or pass --backbone FILE), or train `{}+scratch`",
+                self.cfg.model,
+                pretrained.name,
+                path.display(),
+                pretrained.name,
+                self.cfg.model
+            )));
+        }
+        Ok(())
+    }
+
+    fn input_size(&self) -> usize {
+        eval_side(self.cfg.size, &self.model)
+    }
+
+    /// The training loader and the validation slices, split by volume.
+    fn read_data(&self, observer: &mut dyn Observer) -> Result<(Loader, Validation)> {
+        let cfg = &self.cfg;
+        let slices = load_train(cfg, observer)?;
+        let (train, val) = split_by_volume(slices, cfg.val_fraction, cfg.seed);
+        if train.is_empty() || val.is_empty() {
+            return Err(Error::Config(format!(
+                "the training data must hold at least two volumes (one for validation): got {} \
+                 training and {} validation slices",
+                train.len(),
+                val.len()
+            )));
+        }
+        let augment = AugmentConfig::for_crop(cfg.size);
+        let loader = Loader::new(train, LoaderConfig::train(cfg.batch, cfg.seed, augment))?;
+        let val = Validation {
+            slices: val,
+            input: self.input_size(),
+            batch: cfg.batch,
+            device: self.device.clone(),
+        };
+        Ok((loader, val))
+    }
+
+    /// The model, seeded, with its ImageNet backbone (fresh runs) or its last checkpoint
+    /// (resumed runs).
+    fn trainer(
+        &self,
+        existing: Existing,
+        folder: &RunFolder,
+        observer: &mut dyn Observer,
+    ) -> Result<Trainer> {
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, self.cfg.seed, DType::F32, &self.device);
+        let model = Model::new(&self.model, vb)?;
+        if existing != Existing::Resume
+            && let Some((pretrained, path)) = self.backbone_file()
+        {
+            let report = load_exact(&varmap, &path, pretrained.prefix, &["fc."])?;
+            observer.message(&format!(
+                "encoder initialised from ImageNet weights {} ({} tensors)",
+                path.display(),
+                report.loaded
+            ));
+        }
+        let mut trainer = Trainer::new(model, varmap, self.cfg.fit)?;
+        if existing == Existing::Resume {
+            trainer.restore(&folder.file("last.safetensors"))?;
+            observer.message(&format!(
+                "resuming {} after epoch {} of {}",
+                folder.0.display(),
+                trainer.state.epoch,
+                self.cfg.fit.epochs
+            ));
+        }
+        Ok(trainer)
+    }
+
+    /// Epochs until the configured count, each checkpointed.
+    fn train_epochs(
+        &self,
+        trainer: &mut Trainer,
+        train: &Loader,
+        val: &Validation,
+        folder: &RunFolder,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let metadata = InferenceMeta::new(&self.cfg.model, self.input_size())?.to_metadata();
+        let epochs = self.cfg.fit.epochs;
+        while trainer.state.epoch < epochs {
+            observer.epoch_start(trainer.state.epoch + 1, epochs, train.n_batches());
+            let record =
+                trainer.run_epoch(train, val, |done, _, loss| observer.batch(done, loss))?;
+            // Best weights first, then the full state: a run killed in between resumes from the
+            // previous epoch and rewrites both.
+            if trainer
+                .state
+                .best()
+                .is_some_and(|b| b.epoch == record.epoch)
+            {
+                trainer.save_weights(&folder.file("best.safetensors"), &metadata)?;
+            }
+            trainer.save_checkpoint(&folder.file("last.safetensors"), &metadata)?;
+            write_metrics(&trainer.state.history, &folder.file("metrics.jsonl"))?;
+            write_curves(&trainer.state.history, &folder.file("curves.png"))?;
+            observer.epoch_end(&record);
+        }
+        Ok(())
+    }
+
+    /// The test set scored once with the best-on-validation weights, into `test.json`.
+    fn test(
+        &self,
+        trainer: &mut Trainer,
+        best: &EpochRecord,
+        folder: &RunFolder,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<Report>> {
+        let Some(path) = &self.cfg.test else {
+            return Ok(None);
+        };
+        observer.message(&format!(
+            "testing the epoch-{} weights (best on validation) on {}",
+            best.epoch,
+            path.display()
+        ));
+        load_exact(trainer.varmap(), &folder.file("best.safetensors"), "", &[])?;
+        // Every slice, scored at its own size (as published scores are).
+        let slices = read_dataset(path, &ReadOptions::native()).map_err(|source| Error::Data {
+            what: "reading the test data",
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let report = evaluate_slices(
+            trainer.model(),
+            &slices,
+            self.input_size(),
+            self.cfg.batch,
+            &self.device,
+        )?;
+        write_json(&folder.file("test.json"), &report)?;
+        Ok(Some(report))
+    }
 }
 
 /// The model's input side at evaluation: the side training crops are cut from (crop · 5/4, the
 /// paper's 560/448), rounded to the model's size multiple, so that inference sees lesions at
 /// the scale training did.
-pub fn eval_size(cfg: &RunConfig) -> usize {
-    let multiple = ModelConfig::by_name(&cfg.model).map_or(16, |c| c.size_multiple());
-    let side = AugmentConfig::for_crop(cfg.size).resize;
+pub fn eval_side(crop: usize, model: &ModelConfig) -> usize {
+    let multiple = model.size_multiple();
+    let side = AugmentConfig::for_crop(crop).resize;
     (side.div_ceil(multiple) * multiple).max(multiple)
 }
 
-/// The ImageNet weights a pretrained model starts from, and where they are read.
-fn backbone_file(cfg: &RunConfig, model: &ModelConfig) -> Option<(Pretrained, PathBuf)> {
-    let pretrained = model.pretrained()?;
-    let path = cfg.backbone.clone().unwrap_or_else(|| {
-        PathBuf::from("weights").join(format!("{}.safetensors", pretrained.name))
-    });
-    Some((pretrained, path))
+/// [`eval_side`] of a run's configuration.
+pub fn eval_size(cfg: &RunConfig) -> Result<usize> {
+    Ok(eval_side(cfg.size, &ModelConfig::parse(&cfg.model)?))
 }
 
-/// Checks that the ImageNet weights a fresh run of a pretrained model needs exist.
-fn check_backbone(cfg: &RunConfig) -> Result<(), BoxError> {
-    let model = ModelConfig::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
-    if let Some((pretrained, path)) = backbone_file(cfg, &model)
-        && !path.is_file()
-    {
-        return Err(err(format!(
-            "{} starts from ImageNet {} weights, and {} does not exist: run `cargo xtask \
-             convert-weights --model {}` (or pass --backbone FILE), or train `{}+scratch`",
-            cfg.model,
-            pretrained.name,
-            path.display(),
-            pretrained.name,
-            cfg.model
-        )));
-    }
-    Ok(())
-}
-
-fn unknown_model(name: &str) -> BoxError {
-    err(format!(
-        "unknown model {name:?}; known: {} (baselines also with -tiny; see `d2a info --all`)",
-        ModelConfig::NAMES.join(", ")
-    ))
-}
-
-/// Checks the numbers of a configuration.
-fn check(cfg: &RunConfig) -> Result<(), BoxError> {
-    let model = ModelConfig::by_name(&cfg.model).ok_or_else(|| unknown_model(&cfg.model))?;
-    let multiple = model.size_multiple();
-    if cfg.size == 0 || !cfg.size.is_multiple_of(multiple) {
-        return Err(err(format!(
-            "--size {} must be a positive multiple of {multiple} for {}",
-            cfg.size, cfg.model
-        )));
-    }
-    if cfg.batch == 0 || cfg.fit.epochs == 0 {
-        return Err(err("--batch and --epochs must be positive".into()));
-    }
-    let lr = cfg.fit.adam.lr;
-    if !(lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&cfg.val_fraction)) {
-        return Err(err(format!(
-            "the learning rate ({lr}) must be positive and the validation fraction ({}) in [0, 1)",
-            cfg.val_fraction
-        )));
-    }
-    if let TrainData::Synthetic { slices, size } = cfg.train
-        && (slices < 16 || size < 16)
-    {
-        return Err(err(
-            "synthetic data needs at least 16 slices (two volumes) of at least 16 pixels".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Slice>, BoxError> {
+fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Slice>> {
     Ok(match &cfg.train {
         TrainData::Synthetic { slices, size } => {
             d2a_data::synthetic::phantoms(*slices, *size, cfg.seed.wrapping_mul(1_000_003))
         }
         TrainData::Folder { path } => {
             observer.message(&format!("reading {}", path.display()));
-            read_dataset(path, &ReadOptions::paper())
-                .map_err(|e| err(format!("reading the training data {}: {e}", path.display())))?
+            read_dataset(path, &ReadOptions::paper()).map_err(|source| Error::Data {
+                what: "reading the training data",
+                path: path.clone(),
+                source: Box::new(source),
+            })?
         }
     })
 }
 
 /// `metrics.jsonl` from the whole history, rewritten atomically (so a resumed run never
 /// duplicates or loses a line).
-fn write_metrics(history: &[EpochRecord], path: &Path) -> Result<(), BoxError> {
+fn write_metrics(history: &[EpochRecord], path: &Path) -> Result<()> {
     let mut text = String::new();
     for r in history {
-        text += &serde_json::to_string(r)?;
+        text += &serde_json::to_string(r).map_err(|source| Error::Json {
+            what: "metrics",
+            path: path.to_path_buf(),
+            source,
+        })?;
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
-/// Writes `bytes` to `path` through `<path>.partial` and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BoxError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    std::fs::write(&tmp, bytes).map_err(|e| {
-        err(format!(
-            "cannot write {}: {e}",
-            PathBuf::from(&tmp).display()
-        ))
+/// Writes `value` as pretty JSON (with a final newline) to `path`, atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
+        what: "JSON output",
+        path: path.to_path_buf(),
+        source,
     })?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
-    Ok(())
+    Ok(write_atomic(path, (text + "\n").as_bytes())?)
 }

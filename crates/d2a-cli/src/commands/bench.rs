@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use d2a_model::checkpoint::trainable_vars;
@@ -29,17 +29,17 @@ pub struct Args {
     /// Model preset.
     #[arg(long, default_value = "d2a-vgg-tiny")]
     pub model: String,
-    /// Input side in pixels (square, one channel).
-    #[arg(long, default_value_t = 256)]
+    /// Side of the square one-channel model input, in pixels.
+    #[arg(long, default_value_t = 256, value_parser = super::side)]
     pub size: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::positive)]
     pub batch: usize,
     /// Forward pass or training step.
     #[arg(long, value_enum, default_value_t = Mode::Forward)]
     pub mode: Mode,
     /// Timed runs after one warm-up run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive)]
     pub runs: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -54,7 +54,7 @@ pub struct Args {
     pub candle: bool,
 }
 
-/// The convolutions of the kernel issue's measurements.
+/// The convolutions `docs/performance.md` times against PyTorch (`bench/compare.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Op {
@@ -139,24 +139,8 @@ impl Args {
         if let Some(op) = self.op {
             return self.measure_op(op);
         }
-        let cfg = ModelConfig::by_name(&self.model).with_context(|| {
-            format!(
-                "unknown model {:?}; known: {}",
-                self.model,
-                ModelConfig::NAMES.join(", ")
-            )
-        })?;
-        let multiple = cfg.size_multiple();
-        if self.size == 0
-            || !self.size.is_multiple_of(multiple)
-            || self.batch == 0
-            || self.runs == 0
-        {
-            bail!(
-                "--size must be a positive multiple of {multiple} for {}, --batch and --runs positive",
-                self.model
-            )
-        }
+        let cfg = ModelConfig::parse(&self.model)?;
+        cfg.check_side("--size", self.size)?;
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let model = Model::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &dev))?;

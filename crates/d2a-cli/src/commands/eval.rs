@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use d2a_data::ReadOptions;
 use d2a_data::dataset::read_dataset;
-use d2a_metrics::{Confusion, Report};
-use d2a_train::infer::{predict_logits, slice_name};
+use d2a_metrics::Report;
+use d2a_model::mask_of_logits;
+use d2a_train::score::{confusion, for_each_prediction, slice_name};
 
 use crate::overlay::write_overlay;
 
@@ -31,9 +32,9 @@ pub struct Args {
 
 impl Args {
     /// Evaluates and reports.
-    pub fn run(self) -> Result<()> {
+    pub fn run(self, quiet: bool) -> Result<()> {
         let device = Device::Cpu;
-        let loaded = self.model.load(&device)?;
+        let segmenter = self.model.load(&device)?;
         // Every slice, scored at its own size (as published scores are).
         let slices = read_dataset(&self.data, &ReadOptions::native())
             .with_context(|| format!("reading {}", self.data.display()))?;
@@ -41,46 +42,43 @@ impl Args {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the overlay folder {}", dir.display()))?;
         }
+        let bar = super::progress(slices.len(), "eval", quiet);
         let mut named = Vec::with_capacity(slices.len());
-        // In chunks, so that the logits of a large dataset are never all in memory.
-        for chunk in slices.chunks(64) {
-            let logits = predict_logits(
-                &loaded.model,
-                chunk,
-                loaded.input,
-                self.model.batch,
-                &device,
-            )?;
-            for (s, l) in chunk.iter().zip(&logits) {
-                let truth: Vec<bool> = s.mask.iter().map(|&m| m != 0).collect();
-                let counts = Confusion::from_scores(l, 0.0, &truth)?;
+        for_each_prediction(
+            segmenter.model(),
+            &slices,
+            segmenter.input_size(),
+            self.model.batch.into(),
+            &device,
+            |s, logits| {
                 let name = slice_name(s);
                 if let Some(dir) = &self.overlays {
-                    let pred: Vec<u8> = l.iter().map(|&v| u8::from(v >= 0.0)).collect();
                     write_overlay(
                         &s.image,
                         (s.height, s.width),
-                        &pred,
+                        &mask_of_logits(&logits),
                         Some(&s.mask),
                         &dir.join(format!("{name}.png")),
                     )?;
                 }
-                named.push((name, counts));
-            }
-        }
+                named.push((name, confusion(s, &logits)?));
+                bar.inc(1);
+                anyhow::Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
         let report = Report::new(named)?;
+        let input = segmenter.input_size();
         println!(
-            "{} ({}, input {}x{}) on {}: {} slices\n{}",
+            "{} ({}, input {input}x{input}) on {}: {} slices\n{}",
             self.model.checkpoint.display(),
-            loaded.name,
-            loaded.input,
-            loaded.input,
+            segmenter.name(),
             self.data.display(),
             report.n_slices,
             report.table()
         );
         if let Some(path) = &self.json {
-            super::eval_masks::write_json(path, &report)?;
+            d2a_train::run::write_json(path, &report)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use d2a_data::slice_files::{GrayMap, pair_by_stem};
 use d2a_metrics::{Confusion, Report};
 
@@ -39,7 +39,7 @@ impl Args {
             report.table()
         );
         if let Some(path) = &self.json {
-            write_json(path, &report)?;
+            d2a_train::run::write_json(path, &report)?;
             println!("report written to {}", path.display());
         }
         Ok(())
@@ -74,15 +74,4 @@ pub fn evaluate(pred_dir: &Path, truth_dir: &Path, threshold: f64) -> Result<Rep
         named.push((pair.stem, counts));
     }
     Ok(Report::new(named)?)
-}
-
-/// Writes `report` as pretty JSON, through a temporary file so that a failed write leaves no
-/// half-written report behind.
-pub(crate) fn write_json(path: &Path, report: &Report) -> Result<()> {
-    let text = serde_json::to_string_pretty(report).context("serialising the report")?;
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! `d2a info`: a model's parameter and multiply-add counts at an input size, from shapes alone;
 //! `--all` for the table of every model (`docs/models.md` is `d2a info --all --markdown`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use d2a_model::{Model, ModelConfig};
@@ -16,8 +16,8 @@ pub struct Args {
     /// Every model of the paper's Table 2 (and ours), one row each.
     #[arg(long)]
     pub all: bool,
-    /// Side of the square input slice `[1, 1, S, S]`.
-    #[arg(long, default_value_t = 512)]
+    /// Side of the square model input `[1, 1, S, S]` the counts are for.
+    #[arg(long, default_value_t = 512, value_parser = super::side)]
     pub size: usize,
     /// Print JSON: {"model", "reference", "params", "macs", "input"} (one per line with --all).
     #[arg(long, conflicts_with = "markdown")]
@@ -47,16 +47,8 @@ pub struct Info {
 
 /// The counts of model `name` for one `size x size` slice, and the built model.
 pub fn info(name: &str, size: usize) -> Result<(Info, Model)> {
-    let Some(cfg) = ModelConfig::by_name(name) else {
-        bail!(
-            "unknown model {name:?}; known: {}",
-            ModelConfig::NAMES.join(", ")
-        )
-    };
-    let m = cfg.size_multiple();
-    if size == 0 || !size.is_multiple_of(m) {
-        bail!("--size must be a positive multiple of {m} for {name}, got {size}")
-    }
+    let cfg = ModelConfig::parse(name)?;
+    cfg.check_side("--size", size)?;
     // Zero weights are enough to walk the layers; nothing is run.
     let model = Model::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))
         .with_context(|| format!("building {name}"))?;

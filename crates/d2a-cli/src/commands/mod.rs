@@ -14,31 +14,64 @@ pub struct CheckpointArgs {
     /// A checkpoint written by `d2a train` (best.safetensors or last.safetensors).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: std::path::PathBuf,
-    /// Model preset, if the checkpoint does not record it.
+    /// Model name, for a checkpoint that does not record it.
     #[arg(long)]
     pub model: Option<String>,
-    /// Model input side [default: the one recorded in the checkpoint].
-    #[arg(long)]
+    /// Side of the square model input every slice is resized to (and its mask resized back
+    /// from) [default: the one recorded in the checkpoint].
+    #[arg(long, value_parser = side)]
     pub size: Option<usize>,
     /// Slices per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch: u16,
 }
 
 impl CheckpointArgs {
-    /// Builds the checkpoint's model and loads its weights.
-    pub fn load(
-        &self,
-        device: &candle_core::Device,
-    ) -> anyhow::Result<d2a_train::infer::LoadedModel> {
+    /// Builds the checkpoint's model and loads its weights, as `d2a predict` and `d2a eval`
+    /// run it.
+    pub fn load(&self, device: &candle_core::Device) -> anyhow::Result<d2a_model::Segmenter> {
         use anyhow::Context as _;
-        d2a_train::infer::load_for_inference(
-            &self.checkpoint,
-            self.model.as_deref(),
-            self.size,
-            device,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("loading {}", self.checkpoint.display()))
+        let segmenter =
+            d2a_model::Segmenter::load(&self.checkpoint, self.model.as_deref(), self.size, device)
+                .with_context(|| format!("loading {}", self.checkpoint.display()))?;
+        Ok(segmenter.with_batch(self.batch.into()))
     }
+}
+
+/// A progress bar of `len` steps on a terminal (nothing off one, or when `quiet`).
+pub fn progress(len: usize, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Parses a count that must be at least 1 (`--batch`, `--runs`, `--epochs`).
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The largest image side any subcommand accepts: far above CT's 512, far below what would
+/// overflow a count or exhaust memory.
+pub const MAX_SIDE: usize = 16384;
+
+/// Parses an image side: at least 1 and at most [`MAX_SIDE`].
+pub fn side(text: &str) -> Result<usize, String> {
+    let n = positive(text)?;
+    if n > MAX_SIDE {
+        return Err(format!("must be at most {MAX_SIDE}"));
+    }
+    Ok(n)
 }

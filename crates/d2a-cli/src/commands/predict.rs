@@ -5,12 +5,15 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use d2a_data::Intensity;
-use d2a_data::inputs::{read_input, write_mask_volume};
-use d2a_data::readers::{is_nifti, nifti_stem};
-use d2a_train::infer::predict_logits;
+use d2a_data::inputs::{Input, read_input, write_mask_volume};
+use d2a_data::readers::{file_stem, is_nifti};
+use d2a_model::Segmenter;
+use d2a_model::checkpoint::write_atomic;
+use d2a_train::run::write_json;
+use d2a_train::score::image_of;
 use image::{GrayImage, Luma};
 use serde::Serialize;
 
@@ -63,126 +66,125 @@ struct Summary {
     lesion_ml: Option<f64>,
 }
 
-fn stem_of(path: &Path) -> String {
-    if is_nifti(path) {
-        nifti_stem(path)
-    } else {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default()
-    }
-}
-
 impl Args {
     /// Predicts every input in turn.
-    pub fn run(self) -> Result<()> {
-        // Check everything that can be checked before any work or any write.
+    pub fn run(self, quiet: bool) -> Result<()> {
+        self.check()?;
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating the output folder {}", self.out.display()))?;
+        let device = Device::Cpu;
+        let segmenter = self.model.load(&device)?;
+        let bar = super::progress(self.inputs.len(), "predict", quiet || self.inputs.len() < 2);
+        for path in &self.inputs {
+            let input = read_input(path, self.intensity)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let summary = self.predict(&segmenter, path, &input)?;
+            bar.suspend(|| {
+                println!(
+                    "{}: {} slice(s), {} lesion pixels{} -> {}",
+                    path.display(),
+                    summary.slices.len(),
+                    summary.lesion_pixels,
+                    summary
+                        .lesion_ml
+                        .map_or(String::new(), |ml| format!(" ({ml:.2} mL)")),
+                    summary.mask.display()
+                )
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    /// Checks everything that can be checked before any work or any write: inputs exist, their
+    /// outputs do not collide with each other, with an input, or (without --force) with a file.
+    fn check(&self) -> Result<()> {
         let mut stems = HashSet::new();
+        let inputs: HashSet<PathBuf> = self
+            .inputs
+            .iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
         for input in &self.inputs {
             if !input.is_file() {
                 bail!("{} is not a file", input.display());
             }
-            let stem = stem_of(input);
+            let stem = file_stem(input);
             if !stems.insert(stem.clone()) {
                 bail!("two inputs share the name {stem:?}: their outputs would collide");
             }
-            if !self.force {
-                for existing in self.outputs(&stem, is_nifti(input)) {
-                    if existing.exists() {
-                        bail!("{} exists; pass --force to replace it", existing.display());
-                    }
+            for output in self.outputs(&stem, is_nifti(input)) {
+                if output.canonicalize().is_ok_and(|o| inputs.contains(&o)) {
+                    bail!(
+                        "{} is both an input and an output of {}; choose another --out",
+                        output.display(),
+                        input.display()
+                    );
+                }
+                if !self.force && output.exists() {
+                    bail!("{} exists; pass --force to replace it", output.display());
                 }
             }
         }
-        std::fs::create_dir_all(&self.out)
-            .with_context(|| format!("creating the output folder {}", self.out.display()))?;
-        let device = Device::Cpu;
-        let loaded = self.model.load(&device)?;
-        for path in &self.inputs {
-            let input = read_input(path, self.intensity)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let stem = stem_of(path);
-            let [mask_path, overlay_path, json_path] = self.outputs(&stem, input.volume.is_some());
-            let logits = predict_logits(
-                &loaded.model,
-                &input.slices,
-                loaded.input,
-                self.model.batch,
-                &device,
-            )?;
-            let masks: Vec<Vec<u8>> = logits
-                .iter()
-                .map(|l| l.iter().map(|&v| u8::from(v >= 0.0)).collect())
-                .collect();
-            let Some(first) = input.slices.first() else {
-                bail!("{} holds no slices", path.display())
-            };
-            let (h, w) = (first.height, first.width);
-            let slices: Vec<SliceSummary> = masks
-                .iter()
-                .enumerate()
-                .map(|(index, m)| SliceSummary {
-                    index,
-                    lesion_pixels: m.iter().map(|&v| u64::from(v)).sum(),
-                })
-                .collect();
-            let lesion_pixels: u64 = slices.iter().map(|s| s.lesion_pixels).sum();
-            if let Some(info) = &input.volume {
+        Ok(())
+    }
+
+    /// Segments one input and writes its mask, overlays and summary.
+    fn predict(&self, segmenter: &Segmenter, path: &Path, input: &Input) -> Result<Summary> {
+        let Some(first) = input.slices.first() else {
+            bail!("{} holds no slices", path.display())
+        };
+        let (h, w) = (first.height, first.width);
+        let images = input
+            .slices
+            .iter()
+            .map(image_of)
+            .collect::<d2a_train::Result<Vec<_>>>()?;
+        let masks = segmenter.segment_all(&images)?;
+        let slices: Vec<SliceSummary> = masks
+            .iter()
+            .enumerate()
+            .map(|(index, m)| SliceSummary {
+                index,
+                lesion_pixels: m.iter().map(|&v| u64::from(v)).sum(),
+            })
+            .collect();
+        let [mask_path, overlay_path, json_path] =
+            self.outputs(&file_stem(path), input.volume.is_some());
+        match &input.volume {
+            Some(info) => {
                 write_mask_volume(info, &masks, &mask_path)?;
-                std::fs::create_dir_all(&overlay_path).with_context(|| {
-                    format!("creating the overlay folder {}", overlay_path.display())
-                })?;
-                // Overlays of the slices with lesion only: a volume has hundreds of slices.
-                for ((s, m), summary) in input.slices.iter().zip(&masks).zip(&slices) {
-                    if summary.lesion_pixels > 0 {
-                        write_overlay(
-                            &s.image,
-                            (h, w),
-                            m,
-                            None,
-                            &overlay_path.join(format!("slice_{:04}.png", summary.index)),
-                        )?;
-                    }
-                }
-            } else {
+                write_volume_overlays(input, &masks, &slices, &overlay_path)?;
+            }
+            None => {
                 let png = GrayImage::from_fn(w as u32, h as u32, |x, y| {
                     Luma([masks[0][y as usize * w + x as usize] * 255])
                 });
-                png.save(&mask_path)
-                    .with_context(|| format!("writing {}", mask_path.display()))?;
+                let mut bytes = std::io::Cursor::new(Vec::new());
+                png.write_to(&mut bytes, image::ImageFormat::Png)
+                    .with_context(|| format!("encoding {}", mask_path.display()))?;
+                write_atomic(&mask_path, bytes.get_ref())?;
                 write_overlay(&first.image, (h, w), &masks[0], None, &overlay_path)?;
             }
-            let voxel_ml = input.volume.as_ref().map(|v| v.voxel_ml);
-            let summary = Summary {
-                input: path.clone(),
-                checkpoint: self.model.checkpoint.clone(),
-                model: loaded.name.clone(),
-                input_size: loaded.input,
-                mask: mask_path.clone(),
-                height: h,
-                width: w,
-                lesion_pixels,
-                voxel_ml,
-                lesion_ml: voxel_ml.map(|v| v * lesion_pixels as f64),
-                slices,
-            };
-            d2a_train::run::write_atomic(
-                &json_path,
-                (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
-            )
-            .map_err(|e| anyhow!("{e}"))?;
-            println!(
-                "{}: {} slice(s), {} lesion pixels{} -> {}",
-                path.display(),
-                summary.slices.len(),
-                lesion_pixels,
-                summary
-                    .lesion_ml
-                    .map_or(String::new(), |ml| format!(" ({ml:.2} mL)")),
-                mask_path.display()
-            );
         }
-        Ok(())
+        let lesion_pixels: u64 = slices.iter().map(|s| s.lesion_pixels).sum();
+        let voxel_ml = input.volume.as_ref().map(|v| v.voxel_ml);
+        let summary = Summary {
+            input: path.to_path_buf(),
+            checkpoint: self.model.checkpoint.clone(),
+            model: segmenter.name().to_string(),
+            input_size: segmenter.input_size(),
+            mask: mask_path,
+            height: h,
+            width: w,
+            lesion_pixels,
+            voxel_ml,
+            lesion_ml: voxel_ml.map(|v| v * lesion_pixels as f64),
+            slices,
+        };
+        write_json(&json_path, &summary)?;
+        Ok(summary)
     }
 
     /// `[mask, overlay (file or folder), summary]` of an input.
@@ -201,4 +203,27 @@ impl Args {
             ]
         }
     }
+}
+
+/// Overlays of a volume's slices with lesion only (a volume has hundreds of slices).
+fn write_volume_overlays(
+    input: &Input,
+    masks: &[Vec<u8>],
+    slices: &[SliceSummary],
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the overlay folder {}", dir.display()))?;
+    for ((s, m), summary) in input.slices.iter().zip(masks).zip(slices) {
+        if summary.lesion_pixels > 0 {
+            write_overlay(
+                &s.image,
+                (s.height, s.width),
+                m,
+                None,
+                &dir.join(format!("slice_{:04}.png", summary.index)),
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -45,8 +45,16 @@ struct Summary {
 
 impl Args {
     /// Reads, writes and reports.
-    pub fn run(self) -> Result<()> {
+    pub fn run(self, quiet: bool) -> Result<()> {
         let start = Instant::now();
+        // The readers report no per-file progress yet: a spinner with the elapsed time.
+        let spinner = if quiet || self.json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        spinner.set_message(format!("reading {}", self.images.display()));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(200));
         let options = ReadOptions {
             intensity: self.intensity,
             size: self.size,
@@ -59,8 +67,10 @@ impl Args {
                 self.masks.display()
             )
         })?;
+        spinner.set_message(format!("writing {}", self.out.display()));
         let manifest = prepared::write(&read, &options, &self.out)
             .with_context(|| format!("writing {}", self.out.display()))?;
+        spinner.finish_and_clear();
         let summary = Summary {
             n_volumes: manifest.n_volumes,
             n_slices_total: manifest.n_slices_total,

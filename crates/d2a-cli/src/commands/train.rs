@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use d2a_metrics::Scores;
 use d2a_train::fit::{EpochRecord, FitConfig};
 use d2a_train::optim::AdamConfig;
-use d2a_train::run::{Existing, Observer, RunConfig, RunOutcome, TrainData, run, write_atomic};
+use d2a_train::run::{Existing, Observer, RunConfig, RunOutcome, TrainData, run, write_json};
 use d2a_train::schedule::PlateauConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -34,14 +34,15 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub backbone: Option<PathBuf>,
     /// Epochs [default: 30 on real data, 16 on phantoms].
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub epochs: Option<usize>,
     /// Slices per batch [default: 6 on real data, 4 on phantoms].
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub batch: Option<usize>,
-    /// Side of the training crops and of the model input [default: 448 on real data, 64 on
-    /// phantoms].
-    #[arg(long)]
+    /// Side of the square training crops [default: 448 on real data, 64 on phantoms]; the model
+    /// input at evaluation is the side crops are cut from (5/4 of it, rounded to the model's
+    /// size multiple), recorded in the checkpoint.
+    #[arg(long, value_parser = super::side)]
     pub size: Option<usize>,
     /// Initial learning rate (Adam) [default: 1e-4 on real data, 3e-3 on phantoms].
     #[arg(long)]
@@ -62,13 +63,17 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Runs with seeds seed, seed+1, ...; reports mean ± std of every metric.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::positive)]
     pub repeats: usize,
     /// Run folder [default: runs/<model>-<data>-<seed>-<unix time>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (its config.json is used).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["train", "out", "repeats", "force"])]
+    /// Continue the run in this folder from its last checkpoint: its config.json is used, so
+    /// no other setting may be given with it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "train", "test", "model", "backbone", "epochs", "batch", "size", "lr", "weight_decay",
+        "patience", "val_fraction", "slices", "seed", "repeats", "out", "force",
+    ])]
     pub resume: Option<PathBuf>,
     /// Replace a run already in the output folder.
     #[arg(long)]
@@ -113,8 +118,7 @@ impl Args {
                 dir,
                 Existing::Resume,
                 &mut observer,
-            )
-            .map_err(|e| anyhow!("{e}"))?;
+            )?;
             observer.done();
             report(&outcome, start);
             return Ok(());
@@ -124,9 +128,6 @@ impl Args {
         } else {
             Existing::Refuse
         };
-        if self.repeats == 0 {
-            bail!("--repeats must be at least 1")
-        }
         let base = self.out.clone().unwrap_or_else(|| self.default_out());
         let mut outcomes = Vec::new();
         for r in 0..self.repeats {
@@ -150,7 +151,7 @@ impl Args {
                     dir.display()
                 );
             }
-            let outcome = run(&cfg, &dir, existing, &mut observer).map_err(|e| anyhow!("{e}"))?;
+            let outcome = run(&cfg, &dir, existing, &mut observer)?;
             observer.done();
             report(&outcome, start);
             outcomes.push(outcome);
@@ -238,8 +239,8 @@ fn report(outcome: &RunOutcome, start: Instant) {
         outcome.history.len(),
         b.val_dice,
         b.epoch,
-        outcome.counts.0,
-        outcome.counts.1,
+        outcome.counts.train,
+        outcome.counts.val,
         start.elapsed().as_secs_f64()
     );
     if let Some(test) = &outcome.test {
@@ -299,12 +300,7 @@ fn summarise(outcomes: &[RunOutcome], path: &Path) -> Result<()> {
             summary[key] = serde_json::Value::Object(fields);
         }
     }
-    write_atomic(
-        path,
-        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
-    )
-    .map_err(|e| anyhow!("{e}"))
-    .with_context(|| format!("writing {}", path.display()))?;
+    write_json(path, &summary)?;
     println!("summary: {}", path.display());
     Ok(())
 }

@@ -37,7 +37,7 @@ impl ReadOptions {
     }
 
     /// `slice` resized to [`ReadOptions::size`] (unchanged when it is 0).
-    pub fn fit(&self, slice: Slice) -> Slice {
+    pub fn resize(&self, slice: Slice) -> Slice {
         if self.size == 0 {
             slice
         } else {
@@ -77,21 +77,22 @@ pub fn is_nifti(path: &Path) -> bool {
     name.ends_with(".nii") || name.ends_with(".nii.gz")
 }
 
-/// A NIfTI file's name without `.nii` / `.nii.gz`: its volume id.
-pub fn nifti_stem(path: &Path) -> String {
+/// A file's name without its extension, `.nii.gz` counting as one (`a.nii.gz` -> `a`,
+/// `b.png` -> `b`): the volume id of a NIfTI file and the name of every output made from an
+/// input. The one file-stem rule of d2a.
+pub fn file_stem(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let lower = name.to_ascii_lowercase();
-    let cut = if lower.ends_with(".nii.gz") {
-        7
-    } else if lower.ends_with(".nii") {
-        4
-    } else {
-        0
-    };
-    name[..name.len() - cut].to_string()
+    if lower.ends_with(".nii.gz") {
+        return name[..name.len() - 7].to_string();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem.to_string(),
+        _ => name,
+    }
 }
 
 /// Reads images and masks from files or folders; see the module docs.
@@ -111,14 +112,14 @@ pub fn read_source(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<Re
     let mut only_images = Vec::new();
     let mut pairs = Vec::new();
     for img in &nifti_files {
-        match mask_files.iter().find(|m| nifti_stem(m) == nifti_stem(img)) {
+        match mask_files.iter().find(|m| file_stem(m) == file_stem(img)) {
             Some(m) => pairs.push((img.clone(), m.clone())),
             None => only_images.push(file_name(img)),
         }
     }
     let only_masks: Vec<String> = mask_files
         .iter()
-        .filter(|m| !nifti_files.iter().any(|i| nifti_stem(i) == nifti_stem(m)))
+        .filter(|m| !nifti_files.iter().any(|i| file_stem(i) == file_stem(m)))
         .map(|m| file_name(m))
         .collect();
     if !only_images.is_empty() || !only_masks.is_empty() {
@@ -232,7 +233,7 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
     let plane = x * y;
     let rule = vol.intensity_rule(image, opts.intensity)?;
     let (values, labels) = (vol.values, mask_vol.values);
-    let volume = nifti_stem(image);
+    let volume = file_stem(image);
     let slices: Vec<Slice> = (0..z)
         .into_par_iter()
         .filter_map(|s| {
@@ -257,7 +258,7 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
                     slice_idx: s,
                 },
             };
-            (opts.keep_empty || slice.has_lesion()).then(|| opts.fit(slice))
+            (opts.keep_empty || slice.has_lesion()).then(|| opts.resize(slice))
         })
         .collect();
     let sources = [image, mask]
@@ -333,7 +334,7 @@ pub fn read_slice_folders(images: &Path, masks: &Path, opts: &ReadOptions) -> Re
                 slice_idx: 0,
             },
         };
-        Ok((opts.keep_empty || slice.has_lesion()).then(|| opts.fit(slice)))
+        Ok((opts.keep_empty || slice.has_lesion()).then(|| opts.resize(slice)))
     };
     let read_all: Vec<Option<Slice>> = pairs.par_iter().map(read).collect::<Result<_>>()?;
     let mut volumes: Vec<String> = pairs.iter().map(|p| volume_of_stem(&p.stem)).collect();

@@ -204,12 +204,10 @@ fn volume_ids_of_slice_files() {
 
 #[test]
 fn real_slice_folders_load() -> Result<()> {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/medseg100-infnet");
-    if !dir.is_dir() {
-        eprintln!("skipping: {} not found", dir.display());
+    let Some(data) = d2a_tests::shared_data() else {
         return Ok(());
-    }
+    };
+    let dir = data.join("medseg100-infnet");
     // The multi-class masks (0, 1, 2) and the binary ones (0, 255) give the same lesions.
     let a = read_slice_folders(&dir.join("images"), &dir.join("masks"), &opts(64, true))?;
     let b = read_slice_folders(

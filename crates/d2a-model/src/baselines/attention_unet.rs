@@ -32,10 +32,10 @@ impl AttentionGate {
             ConvBn::new(
                 (c_in, c_out, 1),
                 Conv2dConfig::plain(),
-                false,
                 vb.pp("conv"),
                 vb.pp("bn"),
             )
+            .map(ConvBn::without_relu)
         };
         Ok(Self {
             wg: one(c_g, inter, vb.pp("wg"))?,
@@ -66,7 +66,7 @@ pub struct AttentionUNet(UNet);
 impl AttentionUNet {
     /// Builds the model (same encoder widths as the U-Net of the same [`UNetConfig`]).
     pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
-        UNet::build(cfg, true, vb).map(Self)
+        UNet::gated(cfg, vb).map(Self)
     }
 
     /// Parameters and MACs per layer for an `h x w` single-channel input.

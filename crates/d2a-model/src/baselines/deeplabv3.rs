@@ -74,7 +74,7 @@ impl DeepLabV3 {
         let aspp = vb.pp("classifier.0");
         let unit = |c_in, k, dilation: usize, vb: VarBuilder, conv: &str, bn: &str| {
             let cfg = Conv2dConfig::square(1, dilation * (k / 2), dilation, 1);
-            ConvBn::new((c_in, a, k), cfg, true, vb.pp(conv), vb.pp(bn))
+            ConvBn::new((c_in, a, k), cfg, vb.pp(conv), vb.pp(bn))
         };
         let mut branches = vec![unit(c, 1, 1, aspp.pp("convs.0"), "0", "1")?];
         for (i, &rate) in cfg.rates.iter().enumerate() {
@@ -93,7 +93,7 @@ impl DeepLabV3 {
             pooling: unit(c, 1, 1, aspp.pp("convs.4"), "1", "2")?,
             project: unit(5 * a, 1, 1, aspp.pp("project"), "0", "1")?,
             head: unit(a, 3, 1, vb.clone(), "classifier.1", "classifier.2")?,
-            out: Conv2d::new(a, 1, 1, Conv2dConfig::plain(), true, vb.pp("classifier.4"))?,
+            out: Conv2d::with_bias(a, 1, 1, Conv2dConfig::plain(), vb.pp("classifier.4"))?,
         })
     }
 

@@ -71,13 +71,12 @@ impl Fcn8s {
             )
         }
         let c = cfg.backbone.channels();
-        let score = |c_in, name| Conv2d::new(c_in, 1, 1, Conv2dConfig::plain(), true, vb.pp(name));
+        let score = |c_in, name| Conv2d::with_bias(c_in, 1, 1, Conv2dConfig::plain(), vb.pp(name));
         Ok(Self {
             backbone: ResNeXt::new(&cfg.backbone, vb.pp("backbone"))?,
             head: ConvBn::new(
                 (c[4], cfg.head_width, 3),
                 Conv2dConfig::square(1, 1, 1, 1),
-                true,
                 vb.pp("classifier.0"),
                 vb.pp("classifier.1"),
             )?,

@@ -54,26 +54,37 @@ pub struct UNet {
     head: Conv2d,
 }
 
+/// Whether the skip connections pass through attention gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skips {
+    Plain,
+    Gated,
+}
+
 impl UNet {
     /// Builds the model.
     pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
-        Self::build(cfg, false, vb)
+        Self::build(cfg, Skips::Plain, vb)
     }
 
-    /// The U-Net, with an attention gate on every skip where `gated`.
-    pub(super) fn build(cfg: &UNetConfig, gated: bool, vb: VarBuilder) -> Result<Self> {
+    /// The U-Net with an attention gate on every skip (the Attention U-Net).
+    pub(super) fn gated(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, Skips::Gated, vb)
+    }
+
+    fn build(cfg: &UNetConfig, skips: Skips, vb: VarBuilder) -> Result<Self> {
         let c = cfg.encoder.channels();
         let encoder = Vgg::new(&cfg.encoder, vb.pp("encoder"))?;
         let (mut decoder, mut gates) = (Vec::with_capacity(4), Vec::new());
         for i in 0..4 {
             let (deep, skip) = (c[4 - i], c[3 - i]);
             let vb = vb.pp("decoder").pp(i);
-            if gated {
+            if skips == Skips::Gated {
                 gates.push(AttentionGate::new(deep, skip, vb.pp("gate"))?);
             }
             decoder.push(DoubleConv::new(deep + skip, skip, vb)?);
         }
-        let head = Conv2d::new(c[0], 1, 1, Conv2dConfig::plain(), true, vb.pp("head"))?;
+        let head = Conv2d::with_bias(c[0], 1, 1, Conv2dConfig::plain(), vb.pp("head"))?;
         Ok(Self {
             encoder,
             decoder,

@@ -77,7 +77,7 @@ impl UNetPlusPlus {
                 ));
             }
         }
-        let head = |name: String| Conv2d::new(c[0], 1, 1, Conv2dConfig::plain(), true, vb.pp(name));
+        let head = |name: String| Conv2d::with_bias(c[0], 1, 1, Conv2dConfig::plain(), vb.pp(name));
         let heads = if cfg.deep_supervision {
             (1..5)
                 .map(|j| head(format!("final{j}")))

@@ -110,25 +110,22 @@ impl Bottleneck {
         let width = planes * cfg.width_per_group / 64 * cfg.groups;
         let c_out = planes * 4;
         let one = Conv2dConfig::plain();
-        let reduce = ConvBn::new((c_in, width, 1), one, true, vb.pp("conv1"), vb.pp("bn1"))?;
+        let reduce = ConvBn::new((c_in, width, 1), one, vb.pp("conv1"), vb.pp("bn1"))?;
         let grouped_cfg = Conv2dConfig::square(stride, dilation, dilation, cfg.groups);
-        let grouped = ConvBn::new(
-            (width, width, 3),
-            grouped_cfg,
-            true,
-            vb.pp("conv2"),
-            vb.pp("bn2"),
-        )?;
-        let expand = ConvBn::new((width, c_out, 1), one, false, vb.pp("conv3"), vb.pp("bn3"))?;
+        let grouped = ConvBn::new((width, width, 3), grouped_cfg, vb.pp("conv2"), vb.pp("bn2"))?;
+        let expand =
+            ConvBn::new((width, c_out, 1), one, vb.pp("conv3"), vb.pp("bn3"))?.without_relu();
         let downsample = if stride != 1 || c_in != c_out {
             let ds_cfg = Conv2dConfig::square(stride, 0, 1, 1);
-            Some(ConvBn::new(
-                (c_in, c_out, 1),
-                ds_cfg,
-                false,
-                vb.pp("downsample.0"),
-                vb.pp("downsample.1"),
-            )?)
+            Some(
+                ConvBn::new(
+                    (c_in, c_out, 1),
+                    ds_cfg,
+                    vb.pp("downsample.0"),
+                    vb.pp("downsample.1"),
+                )?
+                .without_relu(),
+            )
         } else {
             None
         };
@@ -211,7 +208,6 @@ impl ResNeXt {
         let stem = ConvBn::new(
             (3, cfg.stem_width, 7),
             Conv2dConfig::square(2, 3, 1, 1),
-            true,
             vb.pp("conv1"),
             vb.pp("bn1"),
         )?;

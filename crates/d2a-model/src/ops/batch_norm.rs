@@ -1,9 +1,10 @@
-//! BatchNorm and ReLU fused into one pass over the activations, forward and backward.
+//! BatchNorm and ReLU fused into one kernel, forward and backward.
 //!
 //! candle-nn's `BatchNorm` runs as some ten broadcast tensor ops, each a pass over memory with an
 //! allocation, and as many again in its backward; the D2A U-Net has one after every conv. This
-//! kernel computes the batch statistics in one pass, normalises, scales, shifts and rectifies in
-//! a second, and computes all three gradients in two passes.
+//! kernel computes the batch statistics in two passes over each channel (the mean, then the
+//! centred variance, in f64), normalises, scales, shifts and rectifies in a third, and computes
+//! all three gradients in two passes.
 
 use std::sync::{Arc, Mutex};
 

@@ -1,9 +1,14 @@
-//! Ops the model needs whose candle 0.11 versions are wrong or missing, each differentiable:
-//! [`conv2d`] (any stride, padding, dilation, groups), [`max_pool2d`] (with padding), [`up2`]
-//! and [`resize_bilinear`] (bilinear) and [`attend`] (fused attention apply).
+//! Ops the model needs whose candle 0.11 versions are wrong, slow or missing, each
+//! differentiable: [`conv2d`] (any stride, padding, dilation, groups) and [`conv2d_affine`]
+//! (with a per-channel scale/shift and ReLU in its kernel), [`batch_norm_act`] (BatchNorm + ReLU
+//! fused), [`max_pool2d`] (with padding), [`resize_bilinear`] and [`up2`] (bilinear,
+//! `align_corners = false`), and [`attend`] (the attention apply `x ⊙ Mc ⊗ Ms`, as two
+//! broadcast multiplies on candle's own ops).
 //!
 //! The kernels run on the CPU in f32 and f64; every one has a finite-difference gradient test in
-//! f64 and a parity test against PyTorch (`shared/fixtures/ops_io.safetensors`).
+//! f64 (`tests.rs`). Convolution (grouped, strided, dilated), max-pool and ×2 upsampling are also
+//! checked against PyTorch's outputs and gradients (`shared/fixtures/ops_io.safetensors`),
+//! bilinear resizing against PyTorch values carried in the test.
 
 mod attention;
 mod batch_norm;

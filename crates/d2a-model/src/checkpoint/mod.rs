@@ -14,6 +14,8 @@ use candle_nn::VarMap;
 
 use crate::{Error, Result};
 
+pub mod format;
+
 /// What a load did, key by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
@@ -167,43 +169,71 @@ pub fn load_exact(
     }
 }
 
-/// Saves every variable of `varmap` (weights and BatchNorm statistics) as safetensors, through a
-/// temporary file so that an interrupted save never leaves a truncated checkpoint.
-pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = varmap
+/// Every variable of `varmap` (weights and BatchNorm statistics), sorted by name.
+pub fn tensors_of(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
+    let mut tensors = varmap
         .data()
         .lock()
         .map_err(|_| Error::Invalid("the model's VarMap lock is poisoned".into()))?
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect::<Vec<_>>();
-    save_tensors(&tensors, &HashMap::new(), path)
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
 }
 
-/// Writes `tensors` and string `metadata` as one safetensors file, atomically: to
-/// `<path>.partial`, then renamed over `path`.
+/// Saves every variable of `varmap` (weights and BatchNorm statistics) as safetensors, through a
+/// temporary file so that an interrupted save never leaves a truncated checkpoint.
+pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
+    save_tensors(&tensors_of(varmap)?, &HashMap::new(), path)
+}
+
+/// Writes `tensors` and string `metadata` as one safetensors file, atomically: to a temporary
+/// file beside `path` (removed if anything fails), then renamed over `path`.
 pub fn save_tensors(
     tensors: &[(String, Tensor)],
     metadata: &HashMap<String, String>,
     path: &Path,
 ) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = std::path::PathBuf::from(tmp);
     let cpu = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
         .collect::<Result<Vec<_>>>()?;
     let metadata = (!metadata.is_empty()).then(|| metadata.clone());
-    safetensors::serialize_to_file(cpu, metadata, &tmp)
-        .map_err(|e| Error::Invalid(format!("cannot write checkpoint {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let bytes = safetensors::serialize(cpu, metadata).map_err(|e| {
         Error::Invalid(format!(
-            "cannot move {} to {}: {e}",
-            tmp.display(),
+            "cannot serialise checkpoint {}: {e}",
             path.display()
         ))
     })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically: into a temporary file in the same folder, synced, then
+/// renamed over `path`, so that a reader (or a run killed half-way) never sees a partial file
+/// and a failed write leaves nothing behind. The one atomic file write of d2a: the other
+/// crates call this one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let io = |op, p: &Path| {
+        let path = p.to_path_buf();
+        move |source| Error::Io { op, path, source }
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".d2a-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io("write", path))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .map_err(io("write", path))?;
     Ok(())
 }
 
@@ -214,7 +244,11 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         path: path.to_path_buf(),
         source: candle_core::Error::Msg(e),
     };
-    let mut file = std::fs::File::open(path).map_err(|e| wrap(e.to_string()))?;
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        op: "open",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut len = [0u8; 8];
     std::io::Read::read_exact(&mut file, &mut len)
         .map_err(|e| wrap(format!("no safetensors header ({e})")))?;

@@ -7,13 +7,13 @@ use candle_nn::VarMap;
 use crate::checkpoint::trainable_vars as trainable;
 use crate::init::seeded_var_builder;
 use crate::test_support::pseudo_random;
-use crate::{Config, D2AUNet};
+use crate::{D2AUNet, D2AUNetConfig};
 
-fn build(cfg: &Config) -> Result<(VarMap, D2AUNet)> {
+fn build(cfg: &D2AUNetConfig) -> Result<(VarMap, D2AUNet)> {
     build_seeded(cfg, 7)
 }
 
-fn build_seeded(cfg: &Config, seed: u64) -> Result<(VarMap, D2AUNet)> {
+fn build_seeded(cfg: &D2AUNetConfig, seed: u64) -> Result<(VarMap, D2AUNet)> {
     let varmap = VarMap::new();
     let model = D2AUNet::new(
         cfg,
@@ -27,7 +27,7 @@ fn the_same_seed_builds_the_same_model() -> Result<()> {
     let weights = |seed| -> Result<Vec<f32>> {
         let varmap = VarMap::new();
         D2AUNet::new(
-            &Config::tiny(),
+            &D2AUNetConfig::tiny(),
             seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu),
         )?;
         let var = varmap.data().lock().unwrap()["decoder.0.gam.spatial.conv7.weight"].clone();
@@ -46,7 +46,7 @@ fn counts_match_the_pytorch_implementation() -> Result<()> {
         ("d2a-vgg", 38_486_817, 313.3),
         ("d2a-resnext50", 100_834_833, 227.2),
     ] {
-        let (varmap, model) = build(&Config::by_name(name).unwrap())?;
+        let (varmap, model) = build(&D2AUNetConfig::by_name(name).unwrap())?;
         let cost = model.cost(512, 512);
         let in_varmap: u64 = trainable(&varmap)
             .iter()
@@ -75,7 +75,7 @@ fn counts_match_the_pytorch_implementation() -> Result<()> {
 /// Forward and backward on a non-square input, for two seeds: every trainable parameter gets a
 /// finite gradient, and a non-zero one under at least one seed. (A ReLU unit of an attention MLP
 /// can be dead at one initialisation: the hidden width is as small as 1.)
-fn check_trains(cfg: &Config, dims: [usize; 4]) -> Result<()> {
+fn check_trains(cfg: &D2AUNetConfig, dims: [usize; 4]) -> Result<()> {
     let mut zero_under_every_seed: Option<std::collections::BTreeSet<String>> = None;
     for seed in [7, 8] {
         let (varmap, model) = build_seeded(cfg, seed)?;
@@ -125,45 +125,40 @@ fn check_trains(cfg: &Config, dims: [usize; 4]) -> Result<()> {
 
 #[test]
 fn vgg_presets_train_on_non_square_input() -> Result<()> {
-    check_trains(&Config::tiny(), [2, 1, 96, 128])?;
-    let mut ablated = Config::tiny();
+    check_trains(&D2AUNetConfig::tiny(), [2, 1, 96, 128])?;
+    let mut ablated = D2AUNetConfig::tiny();
     (ablated.gam, ablated.rab) = (false, false);
     check_trains(&ablated, [1, 1, 48, 64])?;
-    let mut no_dam = Config::tiny();
+    let mut no_dam = D2AUNetConfig::tiny();
     no_dam.dam = false;
     check_trains(&no_dam, [1, 1, 32, 48])
 }
 
 #[test]
 fn resnext_preset_trains_on_non_square_input() -> Result<()> {
-    check_trains(&Config::paper_resnext50(), [2, 1, 64, 96])
+    check_trains(&D2AUNetConfig::paper_resnext50(), [2, 1, 64, 96])
 }
 
 #[test]
 fn bad_input_sizes_are_errors() -> Result<()> {
-    let (_, model) = build(&Config::tiny())?;
-    let err = model
-        .forward_t(
-            &Tensor::zeros((1, 1, 40, 64), DType::F32, &Device::Cpu)?,
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("multiples of 16"), "{err}");
-    let err = model
-        .forward_t(
-            &Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?,
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("[B, 1, H, W]"), "{err}");
+    let (_, model) = build(&D2AUNetConfig::tiny())?;
+    let cfg = crate::ModelConfig::D2A(D2AUNetConfig::tiny());
+    let err = cfg.check_side("input height", 40).unwrap_err().to_string();
+    assert!(
+        err.contains("input height 40 must be a positive multiple of 16"),
+        "{err}"
+    );
+    // Skipping the check gives an error, never a panic.
+    for dims in [(1, 1, 40, 64), (1, 3, 64, 64)] {
+        let x = Tensor::zeros(dims, DType::F32, &Device::Cpu)?;
+        assert!(model.forward_t(&x, false).is_err(), "{dims:?}");
+    }
     Ok(())
 }
 
 #[test]
 fn saved_model_reloads_with_every_key_used() -> Result<()> {
-    let (varmap, model) = build(&Config::tiny())?;
+    let (varmap, model) = build(&D2AUNetConfig::tiny())?;
     let x = ((pseudo_random(&[1, 1, 32, 32], 8)? + 1.0)? * 0.5)?;
     // A training pass moves the BatchNorm statistics away from their initial values.
     model.forward_t(&x, true)?;
@@ -171,7 +166,7 @@ fn saved_model_reloads_with_every_key_used() -> Result<()> {
     let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
     let path = dir.path().join("model.safetensors");
     crate::checkpoint::save(&varmap, &path).map_err(candle_core::Error::wrap)?;
-    let (varmap2, model2) = build(&Config::tiny())?;
+    let (varmap2, model2) = build(&D2AUNetConfig::tiny())?;
     let report = crate::checkpoint::load_exact(&varmap2, &path, "", &[])
         .map_err(candle_core::Error::wrap)?;
     assert_eq!(report.loaded, varmap.all_vars().len());
@@ -181,7 +176,7 @@ fn saved_model_reloads_with_every_key_used() -> Result<()> {
         want.flatten_all()?.to_vec1::<f32>()?
     );
     // A VGG checkpoint does not fit the ResNeXt model, and the error says why.
-    let (varmap3, _) = build(&Config::paper_resnext50())?;
+    let (varmap3, _) = build(&D2AUNetConfig::paper_resnext50())?;
     let err = crate::checkpoint::load_exact(&varmap3, &path, "", &[])
         .unwrap_err()
         .to_string();
@@ -194,14 +189,12 @@ fn saved_model_reloads_with_every_key_used() -> Result<()> {
 
 #[test]
 fn imagenet_encoder_loads_under_the_encoder_prefix() -> Result<()> {
-    let path = crate::test_support::fixtures_dir().join("resnext_tiny.safetensors");
-    if !path.is_file() {
-        eprintln!("skipping: {} not found", path.display());
+    let Some(path) = d2a_tests::shared_fixture("resnext_tiny.safetensors") else {
         return Ok(());
-    }
-    let cfg = Config {
+    };
+    let cfg = D2AUNetConfig {
         encoder: crate::Encoder::ResNeXt(crate::encoders::ResNeXtConfig::tiny()),
-        ..Config::paper_resnext50()
+        ..D2AUNetConfig::paper_resnext50()
     };
     let (varmap, _) = build(&cfg)?;
     let report = crate::checkpoint::load_exact(&varmap, &path, "encoder.", &["fc."])
@@ -223,19 +216,23 @@ fn imagenet_encoder_loads_under_the_encoder_prefix() -> Result<()> {
 
 #[test]
 fn ablation_names_switch_modules_off() -> Result<()> {
-    let cfg = Config::by_name("d2a-vgg-tiny+no-gam+no-dam").unwrap();
+    let cfg = D2AUNetConfig::by_name("d2a-vgg-tiny+no-gam+no-dam").unwrap();
     assert!(!cfg.gam && cfg.rab && !cfg.dam);
-    assert!(!Config::by_name("d2a-resnext50+scratch").unwrap().pretrained);
-    assert!(Config::by_name("d2a-vgg-tiny+no-such").is_none());
-    assert!(Config::by_name("unet").is_none());
+    assert!(
+        !D2AUNetConfig::by_name("d2a-resnext50+scratch")
+            .unwrap()
+            .pretrained
+    );
+    assert!(D2AUNetConfig::by_name("d2a-vgg-tiny+no-such").is_none());
+    assert!(D2AUNetConfig::by_name("unet").is_none());
     // Each switch removes parameters, and the ablated model still runs.
-    let full = build(&Config::tiny())?.1.cost(64, 64).params();
+    let full = build(&D2AUNetConfig::tiny())?.1.cost(64, 64).params();
     for name in [
         "d2a-vgg-tiny+no-gam",
         "d2a-vgg-tiny+no-rab",
         "d2a-vgg-tiny+no-dam",
     ] {
-        let (_, model) = build(&Config::by_name(name).unwrap())?;
+        let (_, model) = build(&D2AUNetConfig::by_name(name).unwrap())?;
         assert!(model.cost(64, 64).params() < full, "{name}");
         let x = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu)?;
         assert_eq!(model.forward_t(&x, false)?.dims(), &[1, 1, 32, 32]);
