@@ -117,55 +117,88 @@ pub fn download(agent: &ureq::Agent, url: &str, dest: &Path, label: &str) -> Res
 
 fn request(agent: &ureq::Agent, url: &str, part: &Path, label: &str) -> Result<(), Failure> {
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let Some(resp) = connect(agent, url, have)? else {
+        // The part file already holds everything.
+        return Ok(());
+    };
+    let resumed = resp.status() == 206;
+    if resumed {
+        check_resumes_at(&resp, url, have)?;
+    }
+    let length: Option<u64> = resp.header("Content-Length").and_then(|l| l.parse().ok());
+    let offset = if resumed { have } else { 0 };
+    let got = copy_body(resp, part, resumed, label, (offset, length))?;
+    if let Some(length) = length
+        && got < length
+    {
+        return Err(Failure::Interrupted(format!(
+            "connection closed after {} of {} bytes",
+            offset + got,
+            offset + length
+        )));
+    }
+    Ok(())
+}
+
+/// The response to a GET of `url` (from byte `have` on, if any), or `None` when the server
+/// says there is nothing after it.
+fn connect(agent: &ureq::Agent, url: &str, have: u64) -> Result<Option<ureq::Response>, Failure> {
     let mut req = agent.get(url);
     if have > 0 {
         req = req.set("Range", &format!("bytes={have}-"));
     }
-    let resp = match req.call() {
-        Ok(resp) => resp,
-        // The part file already holds everything.
-        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
-        Err(ureq::Error::Status(code, resp)) => {
-            return Err(Failure::Fatal(anyhow!(
-                "{url}: HTTP {code} {}",
-                resp.status_text()
-            )));
-        }
-        Err(ureq::Error::Transport(t)) => {
-            return Err(match t.kind() {
-                ureq::ErrorKind::Dns
-                | ureq::ErrorKind::ConnectionFailed
-                | ureq::ErrorKind::InvalidProxyUrl
-                | ureq::ErrorKind::ProxyConnect => Failure::Unreachable(t.to_string()),
-                _ if have == 0 => Failure::Unreachable(t.to_string()),
-                _ => Failure::Interrupted(t.to_string()),
-            });
-        }
-    };
-    let resumed = resp.status() == 206;
-    if resumed {
-        // "bytes START-END/TOTAL": the server must continue where the part file ends.
-        let start = resp
-            .header("Content-Range")
-            .and_then(|r| r.strip_prefix("bytes "))
-            .and_then(|r| r.split('-').next())
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        if start != Some(have) {
-            return Err(Failure::Fatal(anyhow!(
-                "{url}: asked to resume at byte {have}, the server answered {:?}",
-                resp.header("Content-Range")
-            )));
-        }
+    match req.call() {
+        Ok(resp) => Ok(Some(resp)),
+        Err(ureq::Error::Status(416, _)) if have > 0 => Ok(None),
+        Err(ureq::Error::Status(code, resp)) => Err(Failure::Fatal(anyhow!(
+            "{url}: HTTP {code} {}",
+            resp.status_text()
+        ))),
+        Err(ureq::Error::Transport(t)) => Err(match t.kind() {
+            ureq::ErrorKind::Dns
+            | ureq::ErrorKind::ConnectionFailed
+            | ureq::ErrorKind::InvalidProxyUrl
+            | ureq::ErrorKind::ProxyConnect => Failure::Unreachable(t.to_string()),
+            _ if have == 0 => Failure::Unreachable(t.to_string()),
+            _ => Failure::Interrupted(t.to_string()),
+        }),
     }
-    let length: Option<u64> = resp.header("Content-Length").and_then(|l| l.parse().ok());
-    let offset = if resumed { have } else { 0 };
+}
+
+/// A 206 answer must continue where the part file ends ("bytes START-END/TOTAL").
+fn check_resumes_at(resp: &ureq::Response, url: &str, have: u64) -> Result<(), Failure> {
+    let start = resp
+        .header("Content-Range")
+        .and_then(|r| r.strip_prefix("bytes "))
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if start != Some(have) {
+        return Err(Failure::Fatal(anyhow!(
+            "{url}: asked to resume at byte {have}, the server answered {:?}",
+            resp.header("Content-Range")
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the body to `part` (appended when `resumed`) with a progress bar from `offset` of
+/// `offset + length`; returns the bytes received.
+fn copy_body(
+    resp: ureq::Response,
+    part: &Path,
+    resumed: bool,
+    label: &str,
+    (offset, length): (u64, Option<u64>),
+) -> Result<u64, Failure> {
+    let cannot_write =
+        |e: io::Error| Failure::Fatal(anyhow!("cannot write {}: {e}", part.display()));
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
         .append(resumed)
         .truncate(!resumed)
         .open(part)
-        .map_err(|e| Failure::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
+        .map_err(cannot_write)?;
     let bar = progress_bar(label, length.map(|l| l + offset));
     bar.set_position(offset);
     let mut reader = resp.into_reader();
@@ -184,24 +217,13 @@ fn request(agent: &ureq::Agent, url: &str, part: &Path, label: &str) -> Result<(
                 )));
             }
         };
-        file.write_all(&buf[..n])
-            .map_err(|e| Failure::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
+        file.write_all(&buf[..n]).map_err(cannot_write)?;
         got += n as u64;
         bar.set_position(offset + got);
     }
-    file.sync_all()
-        .map_err(|e| Failure::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
+    file.sync_all().map_err(cannot_write)?;
     bar.finish();
-    if let Some(length) = length
-        && got < length
-    {
-        return Err(Failure::Interrupted(format!(
-            "connection closed after {} of {} bytes",
-            offset + got,
-            offset + length
-        )));
-    }
-    Ok(())
+    Ok(got)
 }
 
 /// Bytes, rate and time left; hidden when stderr is not a terminal.

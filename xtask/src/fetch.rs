@@ -303,10 +303,8 @@ fn read_recorded(raw: &Path) -> Result<BTreeMap<String, String>> {
 
 fn write_recorded(raw: &Path, recorded: &BTreeMap<String, String>) -> Result<()> {
     let path = raw.join(RECORDED);
-    let tmp = raw.join(format!("{RECORDED}.partial"));
-    fs::write(&tmp, serde_json::to_string_pretty(recorded)? + "\n")
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(recorded)? + "\n";
+    Ok(d2a_model::checkpoint::write_atomic(&path, text.as_bytes())?)
 }
 
 fn override_checksums(all: &mut [Dataset], path: &Path) -> Result<()> {

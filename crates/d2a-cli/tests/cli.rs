@@ -567,6 +567,21 @@ fn eval_and_predict_a_trained_checkpoint() {
     assert_eq!(mask.dimensions(), (32, 32));
     assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
     assert!(pred.join("vol_2_overlay.png").is_file());
+    // d2a-model's one-call segmenter, given the slice as an embedder reads it (8-bit / 255),
+    // draws exactly predict's mask (the slice is resized 32 -> 48 -> 32 on the way).
+    let pixels: Vec<f32> = image::open(&png)
+        .unwrap()
+        .to_luma8()
+        .pixels()
+        .map(|p| f32::from(p.0[0]) / 255.0)
+        .collect();
+    let segmenter = d2a_model::Segmenter::from_checkpoint(&best).unwrap();
+    assert_eq!(segmenter.input_size(), 48);
+    let ours = segmenter
+        .segment(d2a_model::Image::new(&pixels, 32, 32).unwrap())
+        .unwrap();
+    let theirs: Vec<u8> = mask.pixels().map(|p| p.0[0] / 255).collect();
+    assert_eq!(ours, theirs);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(pred.join("scan.json")).unwrap()).unwrap();
     let pixels = summary["lesion_pixels"].as_u64().unwrap();

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 /// What can go wrong while reading data.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file or folder could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A file operation failed.
+    #[error("cannot {op} {path}")]
     Io {
+        /// What was being done: "read", "write", "create", "rename", "remove", "list".
+        op: &'static str,
         /// The path at fault.
         path: PathBuf,
         /// The underlying error.

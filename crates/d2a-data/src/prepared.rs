@@ -77,24 +77,24 @@ pub fn write(read: &ReadResult, options: &ReadOptions, out: &Path) -> Result<Man
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let io_err = |path: &Path| {
+    let io_err = |op, path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
+        move |source| Error::Io { op, path, source }
     };
-    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     let tmp = parent.join(format!(
         ".{}.partial-{}",
         name.to_string_lossy(),
         std::process::id()
     ));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(io_err("remove", &tmp))?;
     }
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
     let result = write_into(read, options, &tmp);
     match result {
         Ok(manifest) => {
-            std::fs::rename(&tmp, out).map_err(io_err(out))?;
+            std::fs::rename(&tmp, out).map_err(io_err("rename the finished dataset to", out))?;
             Ok(manifest)
         }
         Err(e) => {
@@ -164,7 +164,11 @@ fn write_into(read: &ReadResult, options: &ReadOptions, dir: &Path) -> Result<Ma
         serde_json::to_string_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
     // The manifest is written last: a folder without it is never taken for a prepared one.
     let path = dir.join("manifest.json");
-    std::fs::write(&path, text).map_err(|source| Error::Io { path, source })?;
+    std::fs::write(&path, text).map_err(|source| Error::Io {
+        op: "write",
+        path,
+        source,
+    })?;
     Ok(manifest)
 }
 
@@ -181,6 +185,7 @@ pub fn read(dir: &Path) -> Result<(Manifest, Vec<Slice>)> {
     };
     let manifest_path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).map_err(|source| Error::Io {
+        op: "read",
         path: manifest_path.clone(),
         source,
     })?;

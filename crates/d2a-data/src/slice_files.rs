@@ -70,6 +70,7 @@ pub fn list_slices(dir: &Path) -> Result<Vec<SliceFile>> {
 /// The regular files of folder `dir`, sorted; an error if `dir` is missing or not a folder.
 pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let io_err = |source| Error::Io {
+        op: "list",
         path: dir.to_path_buf(),
         source,
     };
@@ -163,6 +164,7 @@ impl GrayMap {
     /// their end-of-image marker (which some decoders would silently fill with grey).
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            op: "read",
             path: path.to_path_buf(),
             source,
         })?;

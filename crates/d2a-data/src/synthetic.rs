@@ -37,85 +37,110 @@ impl Ellipse {
     }
 }
 
-/// One `size x size` phantom from `seed`.
-pub fn phantom(seed: u64, size: usize) -> Slice {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let n = size as f32;
-    let mid = n / 2.0;
-    let body = Ellipse {
-        cy: mid,
-        cx: mid,
-        ry: n * rng.random_range(0.30..0.36),
-        rx: n * rng.random_range(0.40..0.46),
-        theta: 0.0,
-    };
-    let lung = |side: f32, rng: &mut StdRng| Ellipse {
-        cy: mid - n * 0.02,
-        cx: mid + side * n * rng.random_range(0.17..0.21),
-        ry: n * rng.random_range(0.20..0.25),
-        rx: n * rng.random_range(0.12..0.15),
-        theta: side * rng.random_range(0.0..0.25),
-    };
-    let lungs = [lung(-1.0, &mut rng), lung(1.0, &mut rng)];
-    let in_lung = |y: f32, x: f32| lungs.iter().any(|l| l.contains(y, x));
-    let vessels: Vec<Ellipse> = (0..rng.random_range(10..30))
-        .map(|_| {
-            let l = lungs[rng.random_range(0..2)];
-            let r = n * rng.random_range(0.004..0.012);
-            Ellipse {
-                cy: l.cy + l.ry * rng.random_range(-0.8..0.8),
-                cx: l.cx + l.rx * rng.random_range(-0.8..0.8),
-                ry: r,
-                rx: r,
-                theta: 0.0,
-            }
-        })
-        .collect();
-    // Lesions: (shape, intensity); ground-glass-like or consolidation-like.
-    let lesions: Vec<(Ellipse, f32)> = (0..rng.random_range(1..=4))
-        .map(|_| {
-            let l = lungs[rng.random_range(0..2)];
-            let ry = n * rng.random_range(0.02..0.09);
-            let shape = Ellipse {
-                cy: l.cy + l.ry * rng.random_range(-0.6..0.6),
-                cx: l.cx + l.rx * rng.random_range(-0.6..0.6),
-                ry,
-                rx: ry * rng.random_range(0.5..1.5),
-                theta: rng.random_range(0.0..std::f32::consts::PI),
-            };
-            let value = if rng.random_bool(0.6) {
-                rng.random_range(0.45..0.6)
-            } else {
-                rng.random_range(0.75..0.85)
-            };
-            (shape, value)
-        })
-        .collect();
-    let mut image = vec![0f32; size * size];
-    let mut mask = vec![0u8; size * size];
-    for y in 0..size {
-        for x in 0..size {
-            let (fy, fx) = (y as f32 + 0.5, x as f32 + 0.5);
-            let mut v = 0.17;
-            if body.contains(fy, fx) {
-                v = 0.86;
-                if in_lung(fy, fx) {
-                    v = 0.27;
-                    if vessels.iter().any(|e| e.contains(fy, fx)) {
-                        v = 0.78;
-                    }
-                    for (shape, value) in &lesions {
-                        if shape.contains(fy, fx) {
-                            v = f32::max(v, *value);
-                            mask[y * size + x] = 1;
+/// The shapes of one phantom: body, two lungs, vessels, and lesions with their intensity.
+struct Anatomy {
+    body: Ellipse,
+    lungs: [Ellipse; 2],
+    vessels: Vec<Ellipse>,
+    /// (shape, intensity): ground-glass-like or consolidation-like.
+    lesions: Vec<(Ellipse, f32)>,
+}
+
+impl Anatomy {
+    /// Random shapes for an `n x n` slice.
+    fn draw(n: f32, rng: &mut StdRng) -> Self {
+        let mid = n / 2.0;
+        let body = Ellipse {
+            cy: mid,
+            cx: mid,
+            ry: n * rng.random_range(0.30..0.36),
+            rx: n * rng.random_range(0.40..0.46),
+            theta: 0.0,
+        };
+        let lung = |side: f32, rng: &mut StdRng| Ellipse {
+            cy: mid - n * 0.02,
+            cx: mid + side * n * rng.random_range(0.17..0.21),
+            ry: n * rng.random_range(0.20..0.25),
+            rx: n * rng.random_range(0.12..0.15),
+            theta: side * rng.random_range(0.0..0.25),
+        };
+        let lungs = [lung(-1.0, rng), lung(1.0, rng)];
+        let vessels: Vec<Ellipse> = (0..rng.random_range(10..30))
+            .map(|_| {
+                let l = lungs[rng.random_range(0..2)];
+                let r = n * rng.random_range(0.004..0.012);
+                Ellipse {
+                    cy: l.cy + l.ry * rng.random_range(-0.8..0.8),
+                    cx: l.cx + l.rx * rng.random_range(-0.8..0.8),
+                    ry: r,
+                    rx: r,
+                    theta: 0.0,
+                }
+            })
+            .collect();
+        let lesions: Vec<(Ellipse, f32)> = (0..rng.random_range(1..=4))
+            .map(|_| {
+                let l = lungs[rng.random_range(0..2)];
+                let ry = n * rng.random_range(0.02..0.09);
+                let shape = Ellipse {
+                    cy: l.cy + l.ry * rng.random_range(-0.6..0.6),
+                    cx: l.cx + l.rx * rng.random_range(-0.6..0.6),
+                    ry,
+                    rx: ry * rng.random_range(0.5..1.5),
+                    theta: rng.random_range(0.0..std::f32::consts::PI),
+                };
+                let value = if rng.random_bool(0.6) {
+                    rng.random_range(0.45..0.6)
+                } else {
+                    rng.random_range(0.75..0.85)
+                };
+                (shape, value)
+            })
+            .collect();
+        Self {
+            body,
+            lungs,
+            vessels,
+            lesions,
+        }
+    }
+
+    /// The `size x size` image (with noise from `rng`) and lesion mask.
+    fn render(&self, size: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u8>) {
+        let mut image = vec![0f32; size * size];
+        let mut mask = vec![0u8; size * size];
+        for y in 0..size {
+            for x in 0..size {
+                let (fy, fx) = (y as f32 + 0.5, x as f32 + 0.5);
+                let mut v = 0.17;
+                if self.body.contains(fy, fx) {
+                    v = 0.86;
+                    if self.lungs.iter().any(|l| l.contains(fy, fx)) {
+                        v = 0.27;
+                        if self.vessels.iter().any(|e| e.contains(fy, fx)) {
+                            v = 0.78;
+                        }
+                        for (shape, value) in &self.lesions {
+                            if shape.contains(fy, fx) {
+                                v = f32::max(v, *value);
+                                mask[y * size + x] = 1;
+                            }
                         }
                     }
                 }
+                let noise: f32 = rng.random_range(-0.03..0.03);
+                image[y * size + x] = (v + noise).clamp(0.0, 1.0);
             }
-            let noise: f32 = rng.random_range(-0.03..0.03);
-            image[y * size + x] = (v + noise).clamp(0.0, 1.0);
         }
+        (image, mask)
     }
+}
+
+/// One `size x size` phantom from `seed`.
+pub fn phantom(seed: u64, size: usize) -> Slice {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let anatomy = Anatomy::draw(size as f32, &mut rng);
+    let (image, mask) = anatomy.render(size, &mut rng);
     Slice {
         height: size,
         width: size,
