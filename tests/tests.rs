@@ -2,4 +2,5 @@
 
 mod architecture;
 mod eval_masks;
+mod fuzz;
 mod overfit;

@@ -50,8 +50,16 @@ pub fn write_overlay(
             }
         }
     });
-    img.save(path)
-        .with_context(|| format!("writing the overlay {}", path.display()))
+    save_png(img, path)
+}
+
+/// Writes `img` as a PNG at `path` atomically (never a half-written file under that name).
+pub fn save_png(img: impl Into<image::DynamicImage>, path: &Path) -> Result<()> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.into()
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    Ok(d2a_model::checkpoint::write_atomic(path, bytes.get_ref())?)
 }
 
 #[cfg(test)]

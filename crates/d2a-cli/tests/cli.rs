@@ -688,3 +688,298 @@ fn bench_reports_json_for_models_ops_and_the_candle_kernel() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 16"));
 }
+
+/// Runs `d2a args`, expects a failure whose message holds every one of `needles`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = d2a(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: {n:?} not in {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn hostile_inputs_get_clear_errors_and_nothing_is_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    assert!(train_tiny(&run, &["-q"]).status.success());
+    let best = run.join("best.safetensors");
+    let best_s = best.to_str().unwrap();
+    let original = std::fs::read(&best).unwrap();
+    let data = tmp.path().join("data");
+    write_phantom(&data, "vol_0", 100, 32);
+    write_phantom(&data, "vol_1", 101, 32);
+    let data_s = data.to_str().unwrap();
+    let truth = data.join("masks/vol_0.png");
+    let truth_before = std::fs::read(&truth).unwrap();
+
+    // Outputs never land on inputs.
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            best_s,
+            "--data",
+            data_s,
+            "--json",
+            best_s,
+        ],
+        &["--json", "best.safetensors", "input"],
+    );
+    let masks = data.join("masks");
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            best_s,
+            "--data",
+            data_s,
+            "--overlays",
+            masks.to_str().unwrap(),
+        ],
+        &["--overlays", "input"],
+    );
+    fails_with(
+        &[
+            "eval-masks",
+            "--pred",
+            masks.to_str().unwrap(),
+            "--truth",
+            masks.to_str().unwrap(),
+            "--json",
+            truth.to_str().unwrap(),
+        ],
+        &["--json", "input"],
+    );
+    assert_eq!(std::fs::read(&best).unwrap(), original);
+    assert_eq!(std::fs::read(&truth).unwrap(), truth_before);
+
+    // train --force with a mistyped path keeps the old run; a wrong --test fails up front.
+    fails_with(
+        &[
+            "train",
+            "--force",
+            "--train",
+            "/no/such/data",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        &["/no/such/data"],
+    );
+    assert_eq!(std::fs::read(&best).unwrap(), original);
+    let other = tmp.path().join("other");
+    fails_with(
+        &[
+            "train",
+            "--test",
+            "/no/such/test",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        &["/no/such/test", "does not exist"],
+    );
+    assert!(!other.join("last.safetensors").exists());
+
+    // --resume: --epochs extends the run (recorded), other settings are refused.
+    fails_with(
+        &["train", "--resume", run.to_str().unwrap(), "--lr", "1"],
+        &["--lr"],
+    );
+    let out = d2a(&[
+        "train",
+        "-q",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["fit"]["epochs"], 2);
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    let original = std::fs::read(&best).unwrap();
+    // Logs carry no colour codes when stderr is not a terminal.
+    let out = d2a(&["train", "--resume", run.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("resuming"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+
+    // predict never writes over one of its inputs, even with --force.
+    let inputs = tmp.path().join("in");
+    write_phantom(&inputs, "x", 7, 32);
+    let x = inputs.join("images/x.png");
+    let x_mask = inputs.join("images/x_mask.png");
+    std::fs::copy(&x, &x_mask).unwrap();
+    let before = std::fs::read(&x_mask).unwrap();
+    fails_with(
+        &[
+            "predict",
+            "--checkpoint",
+            best_s,
+            x.to_str().unwrap(),
+            x_mask.to_str().unwrap(),
+            "--out",
+            inputs.join("images").to_str().unwrap(),
+            "--force",
+        ],
+        &["x_mask.png", "input"],
+    );
+    assert_eq!(std::fs::read(&x_mask).unwrap(), before);
+    // The OS message appears once, after the path and the operation.
+    let out = d2a(&[
+        "eval",
+        "--checkpoint",
+        "/no/such.safetensors",
+        "--data",
+        data_s,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("/no/such.safetensors"), "{stderr}");
+    // A resumed config.json with impossible values is named.
+    let broken = tmp.path().join("broken");
+    assert!(train_tiny(&broken, &["-q"]).status.success());
+    let cfg_path = broken.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cfg["batch"] = serde_json::json!(0);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    fails_with(
+        &["train", "--resume", broken.to_str().unwrap()],
+        &["config.json", "--batch"],
+    );
+
+    // Numbers out of range are named.
+    fails_with(&["bench", "--runs", "0"], &["--runs"]);
+    fails_with(&["info", "--size", "1099511627776"], &["--size"]);
+    fails_with(
+        &[
+            "predict",
+            "--checkpoint",
+            best_s,
+            "--size",
+            "1048576",
+            x.to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        &["--size", "16384"],
+    );
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            best_s,
+            "--data",
+            data_s,
+            "--batch",
+            "0",
+        ],
+        &["--batch"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--weight-decay=-1",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        &["weight decay"],
+    );
+
+    // Checkpoints: non-finite weights, a PyTorch file under a safetensors name, a huge input
+    // side, a FIFO.
+    let tensors = candle_core::safetensors::load(&best, &candle_core::Device::Cpu).unwrap();
+    let meta = d2a_model::checkpoint::read_metadata(&best).unwrap();
+    let mut poisoned: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
+    poisoned.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, t) = poisoned
+        .iter_mut()
+        .find(|(k, _)| k.ends_with("weight"))
+        .unwrap();
+    *t = (&*t * f64::NAN).unwrap();
+    let name = name.clone();
+    let nan = tmp.path().join("nan.safetensors");
+    d2a_model::checkpoint::save_tensors(&poisoned, &meta, &nan).unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            nan.to_str().unwrap(),
+            "--data",
+            data_s,
+        ],
+        &["nan.safetensors", &name, "NaN"],
+    );
+    let pth = tmp.path().join("weights.safetensors");
+    std::fs::write(&pth, b"PK\x03\x04 a zip archive, as torch.save writes").unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            pth.to_str().unwrap(),
+            "--data",
+            data_s,
+        ],
+        &["weights.safetensors", "PyTorch"],
+    );
+    let mut big = meta.clone();
+    big.insert("d2a.input_size".into(), "1048576".into());
+    let huge = tmp.path().join("huge.safetensors");
+    d2a_model::checkpoint::save_tensors(
+        &candle_core::safetensors::load(&best, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        &big,
+        &huge,
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            huge.to_str().unwrap(),
+            "--data",
+            data_s,
+        ],
+        &["huge.safetensors", "1048576"],
+    );
+    #[cfg(unix)]
+    {
+        let fifo = tmp.path().join("fifo.safetensors");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        fails_with(
+            &[
+                "eval",
+                "--checkpoint",
+                fifo.to_str().unwrap(),
+                "--data",
+                data_s,
+            ],
+            &["fifo.safetensors", "not a regular file"],
+        );
+    }
+    assert_eq!(std::fs::read(&best).unwrap(), original);
+}

@@ -15,6 +15,13 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A special file (FIFO, socket, device) or a folder where a file was expected: refused
+    /// before it is opened, since reading a FIFO blocks until a writer comes.
+    #[error("{path} is not a regular file (a folder, FIFO, socket or device)")]
+    NotARegularFile {
+        /// The path at fault.
+        path: PathBuf,
+    },
     /// A path that should be a folder is not one.
     #[error("{path} is not a folder")]
     NotAFolder {

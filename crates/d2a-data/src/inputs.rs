@@ -128,13 +128,37 @@ pub fn write_mask_volume(info: &VolumeInfo, masks: &[Vec<u8>], path: &Path) -> R
     header.scl_inter = 0.0;
     header.cal_min = 0.0;
     header.cal_max = 1.0;
-    nifti::writer::WriterOptions::new(path)
+    // Through a temporary sibling with the same extension (the writer compresses by it), then
+    // renamed: a killed run never leaves a truncated volume under the final name.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(
+        ".{}.partial-{}{}",
+        name.unwrap_or_default(),
+        std::process::id(),
+        if path.to_string_lossy().ends_with(".gz") {
+            ".nii.gz"
+        } else {
+            ".nii"
+        }
+    ));
+    let written = nifti::writer::WriterOptions::new(&tmp)
         .reference_header(&header)
         .write_nifti(&array)
         .map_err(|e| Error::Nifti {
             path: path.to_path_buf(),
             reason: format!("cannot write: {e}"),
         })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+                op: "write",
+                path: path.to_path_buf(),
+                source,
+            })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ pub fn write(read: &ReadResult, options: &ReadOptions, out: &Path) -> Result<Man
         move |source| Error::Io { op, path, source }
     };
     std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    remove_stale_partials(parent, &name.to_string_lossy())?;
     let tmp = parent.join(format!(
         ".{}.partial-{}",
         name.to_string_lossy(),
@@ -172,6 +173,32 @@ fn write_into(read: &ReadResult, options: &ReadOptions, dir: &Path) -> Result<Ma
     Ok(manifest)
 }
 
+/// Removes the temporary folders `.NAME.partial-PID` that killed runs of [`write`] left in
+/// `parent` (a live run's own folder is never there: each run names its folder by its pid and
+/// renames it when done).
+fn remove_stale_partials(parent: &Path, name: &str) -> Result<()> {
+    let prefix = format!(".{name}.partial-");
+    let own = format!("{prefix}{}", std::process::id());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let pid_alive = |pid: &str| Path::new("/proc").join(pid).exists();
+        if let Some(pid) = file_name.strip_prefix(&prefix)
+            && file_name != own
+            && !pid_alive(pid)
+        {
+            std::fs::remove_dir_all(entry.path()).map_err(|source| Error::Io {
+                op: "remove the stale temporary folder",
+                path: entry.path(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` looks like a prepared folder (has a manifest).
 pub fn is_prepared(dir: &Path) -> bool {
     dir.join("manifest.json").is_file()
@@ -184,7 +211,12 @@ pub fn read(dir: &Path) -> Result<(Manifest, Vec<Slice>)> {
         reason,
     };
     let manifest_path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_path).map_err(|source| Error::Io {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut crate::readers::open_regular(&manifest_path)?,
+        &mut text,
+    )
+    .map_err(|source| Error::Io {
         op: "read",
         path: manifest_path.clone(),
         source,
@@ -203,7 +235,30 @@ pub fn read(dir: &Path) -> Result<(Manifest, Vec<Slice>)> {
     let manifest: Manifest = serde_json::from_value(version)
         .map_err(|e| bad(&manifest_path, format!("malformed manifest: {e}")))?;
     let size = manifest.options.size;
-    let mut slices = Vec::with_capacity(manifest.n_slices_kept);
+    // Counts are checked against each other (the slice records are bounded by the file's size)
+    // before anything is allocated from them.
+    let in_shards = manifest
+        .shards
+        .iter()
+        .try_fold(0usize, |sum, (_, n)| sum.checked_add(*n));
+    if in_shards != Some(manifest.n_slices_kept) || manifest.slices.len() != manifest.n_slices_kept
+    {
+        return Err(bad(
+            &manifest_path,
+            format!(
+                "claims {} slices, its shards {in_shards:?} and its slice records {}",
+                manifest.n_slices_kept,
+                manifest.slices.len()
+            ),
+        ));
+    }
+    if size == 0 || size > crate::slice_files::MAX_IMAGE_SIDE as usize {
+        return Err(bad(
+            &manifest_path,
+            format!("slice side {size} is not usable"),
+        ));
+    }
+    let mut slices = Vec::with_capacity(manifest.slices.len());
     let mut provenance = manifest.slices.iter();
     for (file, n) in &manifest.shards {
         let path = dir.join(file);
@@ -303,6 +358,47 @@ mod tests {
         // Never overwritten.
         let err = write(&data, &options, &out).unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");
+        Ok(())
+    }
+
+    /// A manifest that claims a huge slice count is refused before anything is allocated
+    /// (it aborted with "memory allocation failed").
+    #[test]
+    fn a_manifest_claiming_a_huge_count_is_refused() -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("prep");
+        let options = ReadOptions {
+            intensity: Intensity::Auto,
+            size: 4,
+            keep_empty: false,
+        };
+        write(&sample(3, 4), &options, &out)?;
+        let manifest = out.join("manifest.json");
+        let mut value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+        value["n_slices_kept"] = serde_json::json!(1u64 << 60);
+        std::fs::write(&manifest, value.to_string()).unwrap();
+        let err = read(&out).unwrap_err().to_string();
+        assert!(
+            err.contains("manifest.json") && err.contains("claims"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    /// The temporary folder of a killed `prepare` is removed by the next one.
+    #[test]
+    fn a_stale_partial_folder_is_removed() -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        let stale = tmp.path().join(".prep.partial-999999");
+        std::fs::create_dir_all(stale.join("x")).unwrap();
+        let options = ReadOptions {
+            intensity: Intensity::Auto,
+            size: 4,
+            keep_empty: false,
+        };
+        write(&sample(3, 4), &options, &tmp.path().join("prep"))?;
+        assert!(!stale.exists());
         Ok(())
     }
 

@@ -157,17 +157,23 @@ pub struct GrayMap {
     pub depth_max: u16,
 }
 
+/// The largest image side a slice file may have (CT slices are 512).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
 impl GrayMap {
     /// Reads an image file.
     ///
     /// Corrupt and truncated files are errors naming the file, including JPEGs that end before
     /// their end-of-image marker (which some decoders would silently fill with grey).
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut crate::readers::open_regular(path)?, &mut bytes).map_err(
+            |source| Error::Io {
+                op: "read",
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         let decode_err = |reason: String| Error::Decode {
             path: path.to_path_buf(),
             reason,
@@ -178,8 +184,14 @@ impl GrayMap {
                 "JPEG data is truncated (no end-of-image marker)".into(),
             ));
         }
-        let img = image::load_from_memory_with_format(&bytes, format)
-            .map_err(|e| decode_err(e.to_string()))?;
+        // Sizes are checked before the decoder allocates: a tiny file may claim a huge image.
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_IMAGE_SIDE);
+        limits.max_image_height = Some(MAX_IMAGE_SIDE);
+        limits.max_alloc = Some(1 << 30);
+        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| decode_err(e.to_string()))?;
         Ok(Self::from_image(&img))
     }
 

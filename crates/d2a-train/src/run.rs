@@ -77,8 +77,12 @@ pub enum Existing {
     Refuse,
     /// Start over, replacing its files.
     Overwrite,
-    /// Continue it from its last checkpoint (its `config.json` wins).
-    Resume,
+    /// Continue it from its last checkpoint (its `config.json` wins), to `epochs` in all where
+    /// given (extending a finished run; recorded in `config.json`).
+    Resume {
+        /// The new total number of epochs, at least the number already run.
+        epochs: Option<usize>,
+    },
 }
 
 /// Reports from a run as it goes (progress bars, logs); every method has an empty default.
@@ -140,7 +144,13 @@ pub fn run(
 ) -> Result<RunOutcome> {
     let folder = RunFolder(dir.to_path_buf());
     let plan = match existing {
-        Existing::Resume => Plan::new(folder.resumable_config()?)?,
+        Existing::Resume { epochs } => {
+            let mut cfg = folder.resumable_config()?;
+            if let Some(n) = epochs {
+                cfg.fit.epochs = n;
+            }
+            Plan::new(cfg).map_err(|e| folder.problem(&format!("config.json: {e}")))?
+        }
         Existing::Refuse | Existing::Overwrite => {
             folder.check_free(existing)?;
             Plan::new(cfg.clone())?
@@ -228,12 +238,15 @@ impl RunFolder {
         Ok(())
     }
 
+    /// Creates the folder, removing what a killed run's atomic writes left behind.
     fn create(&self) -> Result<()> {
         std::fs::create_dir_all(&self.0).map_err(|source| Error::Io {
             op: "create the run folder",
             path: self.0.clone(),
             source,
-        })
+        })?;
+        d2a_model::checkpoint::remove_stale_temporaries(&self.0)?;
+        Ok(())
     }
 
     fn problem(&self, problem: &str) -> Error {
@@ -364,9 +377,8 @@ impl Plan {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, self.cfg.seed, DType::F32, &self.device);
         let model = Model::new(&self.model, vb)?;
-        if existing != Existing::Resume
-            && let Some((pretrained, path)) = self.backbone_file()
-        {
+        let resume = matches!(existing, Existing::Resume { .. });
+        if !resume && let Some((pretrained, path)) = self.backbone_file() {
             let report = load_exact(&varmap, &path, pretrained.prefix, &["fc."])?;
             observer.message(&format!(
                 "encoder initialised from ImageNet weights {} ({} tensors)",
@@ -375,8 +387,14 @@ impl Plan {
             ));
         }
         let mut trainer = Trainer::new(model, varmap, self.cfg.fit)?;
-        if existing == Existing::Resume {
+        if resume {
             trainer.restore(&folder.file("last.safetensors"))?;
+            if trainer.state.epoch > self.cfg.fit.epochs {
+                return Err(folder.problem(&format!(
+                    "already ran {} epochs; --epochs must be at least that",
+                    trainer.state.epoch
+                )));
+            }
             observer.message(&format!(
                 "resuming {} after epoch {} of {}",
                 folder.0.display(),

@@ -33,6 +33,13 @@ pub struct Args {
 impl Args {
     /// Evaluates and reports.
     pub fn run(self, quiet: bool) -> Result<()> {
+        let inputs = [self.model.checkpoint.as_path(), self.data.as_path()];
+        if let Some(json) = &self.json {
+            super::check_output("--json", json, &inputs)?;
+        }
+        if let Some(dir) = &self.overlays {
+            super::check_output("--overlays", dir, &inputs)?;
+        }
         let device = Device::Cpu;
         let segmenter = self.model.load(&device)?;
         // Every slice, scored at its own size (as published scores are).

@@ -30,6 +30,9 @@ pub struct Args {
 impl Args {
     /// Evaluates, prints the table and writes the JSON report if asked.
     pub fn run(self) -> Result<()> {
+        if let Some(json) = &self.json {
+            super::check_output("--json", json, &[&self.pred, &self.truth])?;
+        }
         let report = evaluate(&self.pred, &self.truth, self.threshold)?;
         println!(
             "d2a eval-masks: {} vs {} (threshold {})\n{}",

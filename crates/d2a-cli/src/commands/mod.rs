@@ -63,9 +63,8 @@ pub fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
-/// The largest image side any subcommand accepts: far above CT's 512, far below what would
-/// overflow a count or exhaust memory.
-pub const MAX_SIDE: usize = 16384;
+/// The largest image side any subcommand accepts.
+pub const MAX_SIDE: usize = d2a_model::checkpoint::format::MAX_INPUT_SIDE;
 
 /// Parses an image side: at least 1 and at most [`MAX_SIDE`].
 pub fn side(text: &str) -> Result<usize, String> {
@@ -74,4 +73,43 @@ pub fn side(text: &str) -> Result<usize, String> {
         return Err(format!("must be at most {MAX_SIDE}"));
     }
     Ok(n)
+}
+
+/// `path` made absolute with links resolved, for a path that may not exist yet: its deepest
+/// existing ancestor is canonicalised and the rest appended.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => resolved(if parent.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            parent
+        })
+        .join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Refuses an output (`flag` names it in the message) that is one of `inputs` or lies inside
+/// an input folder, compared with links resolved: `--force` may replace an earlier output,
+/// never an input.
+pub fn check_output(
+    flag: &str,
+    output: &std::path::Path,
+    inputs: &[&std::path::Path],
+) -> anyhow::Result<()> {
+    let out = resolved(output);
+    for input in inputs {
+        let input_resolved = resolved(input);
+        if out == input_resolved || (input.is_dir() && out.starts_with(&input_resolved)) {
+            anyhow::bail!(
+                "{flag} {} would write into the input {}; choose another path",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
 }

@@ -11,13 +11,12 @@ use d2a_data::Intensity;
 use d2a_data::inputs::{Input, read_input, write_mask_volume};
 use d2a_data::readers::{file_stem, is_nifti};
 use d2a_model::Segmenter;
-use d2a_model::checkpoint::write_atomic;
 use d2a_train::run::write_json;
 use d2a_train::score::image_of;
 use image::{GrayImage, Luma};
 use serde::Serialize;
 
-use crate::overlay::write_overlay;
+use crate::overlay::{save_png, write_overlay};
 
 /// Arguments of `d2a predict`.
 #[derive(Debug, clap::Args)]
@@ -76,8 +75,8 @@ impl Args {
         let segmenter = self.model.load(&device)?;
         let bar = super::progress(self.inputs.len(), "predict", quiet || self.inputs.len() < 2);
         for path in &self.inputs {
-            let input = read_input(path, self.intensity)
-                .with_context(|| format!("reading {}", path.display()))?;
+            // d2a-data's errors name the file.
+            let input = read_input(path, self.intensity)?;
             let summary = self.predict(&segmenter, path, &input)?;
             bar.suspend(|| {
                 println!(
@@ -101,6 +100,7 @@ impl Args {
     /// outputs do not collide with each other, with an input, or (without --force) with a file.
     fn check(&self) -> Result<()> {
         let mut stems = HashSet::new();
+        super::check_output("--out", &self.out, &[&self.model.checkpoint])?;
         let inputs: HashSet<PathBuf> = self
             .inputs
             .iter()
@@ -161,10 +161,7 @@ impl Args {
                 let png = GrayImage::from_fn(w as u32, h as u32, |x, y| {
                     Luma([masks[0][y as usize * w + x as usize] * 255])
                 });
-                let mut bytes = std::io::Cursor::new(Vec::new());
-                png.write_to(&mut bytes, image::ImageFormat::Png)
-                    .with_context(|| format!("encoding {}", mask_path.display()))?;
-                write_atomic(&mask_path, bytes.get_ref())?;
+                save_png(png, &mask_path)?;
                 write_overlay(&first.image, (h, w), &masks[0], None, &overlay_path)?;
             }
         }

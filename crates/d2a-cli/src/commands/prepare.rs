@@ -47,6 +47,7 @@ impl Args {
     /// Reads, writes and reports.
     pub fn run(self, quiet: bool) -> Result<()> {
         let start = Instant::now();
+        super::check_output("--out", &self.out, &[&self.images, &self.masks])?;
         // The readers report no per-file progress yet: a spinner with the elapsed time.
         let spinner = if quiet || self.json {
             indicatif::ProgressBar::hidden()

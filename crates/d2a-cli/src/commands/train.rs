@@ -69,9 +69,10 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint: its config.json is used, so
-    /// no other setting may be given with it.
+    /// no other setting may be given with it but --epochs, which extends the run to that many
+    /// epochs in all (recorded in config.json).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "train", "test", "model", "backbone", "epochs", "batch", "size", "lr", "weight_decay",
+        "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay",
         "patience", "val_fraction", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
@@ -116,7 +117,9 @@ impl Args {
             let outcome = run(
                 &self.config(self.seed)?,
                 dir,
-                Existing::Resume,
+                Existing::Resume {
+                    epochs: self.epochs,
+                },
                 &mut observer,
             )?;
             observer.done();
@@ -129,6 +132,12 @@ impl Args {
             Existing::Refuse
         };
         let base = self.out.clone().unwrap_or_else(|| self.default_out());
+        let inputs: Vec<&Path> = [&self.train, &self.test, &self.backbone]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect();
+        super::check_output("--out", &base, &inputs)?;
         let mut outcomes = Vec::new();
         for r in 0..self.repeats {
             let seed = self.seed + r as u64;

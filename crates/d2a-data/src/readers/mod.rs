@@ -6,13 +6,17 @@
 
 use std::path::{Path, PathBuf};
 
-use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::slice::{Intensity, Provenance, Slice, check_finite};
 use crate::slice_files::{GrayMap, files_in, pair_by_stem};
 use crate::{Error, Result};
+
+mod volume;
+
+pub(crate) use volume::read_volume;
+pub use volume::{DEFAULT_MAX_VOXELS, max_voxels, open_regular};
 
 /// What to do while reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,38 +186,6 @@ impl RawVolume {
     }
 }
 
-/// Reads a 2-D or 3-D NIfTI volume.
-pub(crate) fn read_volume(path: &Path) -> Result<RawVolume> {
-    let err = |reason: String| Error::Nifti {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| err(e.to_string()))?;
-    let header = obj.header().clone();
-    let array = obj
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| err(e.to_string()))?;
-    let dims = array.shape().to_vec();
-    if dims.len() > 3 && dims[3..].iter().any(|&d| d > 1) {
-        return Err(err(format!(
-            "a {}-D volume of shape {dims:?}; expected 2-D or 3-D",
-            dims.len()
-        )));
-    }
-    let (x, y) = (dims[0], dims.get(1).copied().unwrap_or(1));
-    let z = dims.get(2).copied().unwrap_or(1);
-    // Fortran order: x varies fastest, as the file stores it.
-    let values: Vec<f32> = array.t().iter().copied().collect();
-    Ok(RawVolume {
-        header,
-        dims: vec![x, y, z],
-        values,
-    })
-}
-
 /// Reads one image volume and its mask volume: slices along z, transposed to display
 /// orientation (row = y, column = x), every non-zero label merged into lesion.
 pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<ReadResult> {
@@ -232,6 +204,10 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
     let (x, y, z) = (dims[0], dims[1], dims[2]);
     let plane = x * y;
     let rule = vol.intensity_rule(image, opts.intensity)?;
+    // A NaN label is neither lesion nor background: refused, naming the mask and the slice.
+    for (s, labels) in mask_vol.values.chunks_exact(plane.max(1)).enumerate() {
+        check_finite(labels, mask, s)?;
+    }
     let (values, labels) = (vol.values, mask_vol.values);
     let volume = file_stem(image);
     let slices: Vec<Slice> = (0..z)

@@ -229,3 +229,120 @@ fn real_slice_folders_load() -> Result<()> {
     );
     Ok(())
 }
+
+/// A valid 4 x 4 x 3 f32 `.nii` with `patch(bytes)` applied to its bytes.
+fn patched(dir: &Path, name: &str, patch: impl Fn(&mut Vec<u8>)) -> PathBuf {
+    let path = dir.join(name);
+    write_volume(&path, &Array3::<f32>::zeros((4, 4, 3)));
+    let mut bytes = std::fs::read(&path).unwrap();
+    patch(&mut bytes);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn set_i16(bytes: &mut [u8], at: usize, v: i16) {
+    bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn read_err(path: &Path) -> String {
+    read_volume(path).err().expect("refused").to_string()
+}
+
+#[test]
+fn hostile_volumes_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Non-scalar datatypes (the nifti crate panicked on complex and RGB24, read RGBA as grey).
+    for (code, name) in [
+        (32, "complex64"),
+        (128, "RGB24"),
+        (1792, "complex128"),
+        (2304, "RGBA32"),
+    ] {
+        let path = patched(dir, &format!("dt{code}.nii"), |b| set_i16(b, 70, code));
+        let err = read_err(&path);
+        assert!(
+            err.contains(&format!("dt{code}.nii")) && err.contains(name),
+            "{err}"
+        );
+    }
+    // bitpix disagreeing with the datatype (the nifti crate panicked; found by tests/fuzz.rs).
+    let path = patched(dir, "bitpix.nii", |b| set_i16(b, 72, 16));
+    let err = read_err(&path);
+    assert!(
+        err.contains("bitpix.nii") && err.contains("bitpix 16"),
+        "{err}"
+    );
+    // A header claiming 2048 x 2048 x 256 voxels: refused before anything is allocated.
+    let path = patched(dir, "huge.nii", |b| {
+        for (i, d) in [2048i16, 2048, 256].into_iter().enumerate() {
+            set_i16(b, 42 + 2 * i, d);
+        }
+    });
+    let err = read_err(&path);
+    assert!(
+        err.contains("huge.nii") && err.contains("D2A_MAX_VOXELS"),
+        "{err}"
+    );
+    // More bytes than the header describes, and fewer.
+    let path = patched(dir, "long.nii", |b| b.extend_from_slice(&[0; 64]));
+    assert!(read_err(&path).contains("more data than its header"));
+    let path = patched(dir, "short.nii", |b| b.truncate(b.len() - 10));
+    assert!(read_err(&path).contains("truncated"));
+    // A NaN voxel size.
+    let path = patched(dir, "nanvox.nii", |b| {
+        b[80..84].copy_from_slice(&f32::NAN.to_le_bytes())
+    });
+    let err = read_err(&path);
+    assert!(
+        err.contains("nanvox.nii") && err.contains("voxel size NaN"),
+        "{err}"
+    );
+    // A .nii.gz whose gzip trailer is wrong (bit rot in the CRC) or missing.
+    let gz = dir.join("crc.nii.gz");
+    write_volume(&gz, &Array3::<f32>::zeros((4, 4, 3)));
+    let good = std::fs::read(&gz).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 6] ^= 0xff;
+    std::fs::write(&gz, &bad).unwrap();
+    let err = read_err(&gz);
+    assert!(err.contains("crc.nii.gz") && err.contains("gzip"), "{err}");
+    std::fs::write(&gz, &good[..n - 8]).unwrap();
+    assert!(read_err(&gz).contains("gzip"));
+    std::fs::write(&gz, &good).unwrap();
+    assert!(read_volume(&gz).is_ok());
+}
+
+#[test]
+fn a_nan_label_is_refused_naming_the_mask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (i, m) = hu_pair(tmp.path(), "v.nii");
+    let mut msk = Array3::<f32>::zeros((6, 4, 5));
+    msk[[1, 2, 4]] = f32::NAN;
+    write_volume(&m, &msk);
+    let err = read_nifti_pair(&i, &m, &opts(8, true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("masks/v.nii") && err.contains("slice 4"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_is_refused_before_it_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("pipe.nii");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        panic!("mkfifo is part of coreutils and must be available");
+    }
+    // Opening a FIFO for reading blocks until a writer comes: this would hang without the check.
+    let err = read_err(&fifo);
+    assert!(
+        err.contains("pipe.nii") && err.contains("not a regular file"),
+        "{err}"
+    );
+}

@@ -30,6 +30,10 @@ pub const OPTIM_PREFIX: &str = "optim.";
 /// Prefixes of Adam's first and second moments, each followed by the variable's name.
 pub const MOMENT_PREFIXES: [&str; 2] = ["optim.m.", "optim.v."];
 
+/// The largest model input side d2a accepts (from a checkpoint or a flag): far above CT's 512,
+/// far below what would exhaust memory or overflow a count.
+pub const MAX_INPUT_SIDE: usize = 16384;
+
 /// What inference needs to know about a checkpoint: which model it holds and the input side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InferenceMeta {
@@ -47,6 +51,11 @@ impl InferenceMeta {
     pub fn new(model: &str, input_size: usize) -> Result<Self> {
         let config = ModelConfig::parse(model)?;
         config.check_side("model input side", input_size)?;
+        if input_size > MAX_INPUT_SIDE {
+            return Err(Error::Invalid(format!(
+                "model input side {input_size} is larger than {MAX_INPUT_SIDE}"
+            )));
+        }
         Ok(Self {
             model: model.to_string(),
             config,
@@ -124,6 +133,28 @@ mod tests {
             .collect();
         save_tensors(&[("x".into(), t)], &meta, &path).unwrap();
         path
+    }
+
+    /// A failed atomic write names the final path (never a temporary) and leaves nothing.
+    #[test]
+    fn a_failed_atomic_write_names_the_final_path_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-folder").join("report.json");
+        let err = crate::checkpoint::write_atomic(&missing, b"{}").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("no-such-folder") && !text.contains(".partial"),
+            "{text}"
+        );
+        // A folder in the way of the final name: the write fails, its temporary is gone.
+        let blocked = dir.path().join("taken");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        assert!(crate::checkpoint::write_atomic(&blocked, b"{}").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["taken"], "{names:?}");
     }
 
     #[test]

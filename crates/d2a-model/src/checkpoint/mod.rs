@@ -86,13 +86,95 @@ pub fn trainable_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     vars
 }
 
-/// Reads every tensor of a `.safetensors` or PyTorch (`.pth`, `.pt`, `.bin`) file, by name.
+/// The kinds of checkpoint file, told apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    /// PyTorch's zip container (`torch.save` since 1.6).
+    TorchZip,
+    /// A bare pickle (older `torch.save`).
+    Pickle,
+    Unknown,
+}
+
+impl Format {
+    fn sniff(path: &Path) -> Result<Self> {
+        let mut file = open_regular(path)?;
+        let mut head = [0u8; 9];
+        let n = std::io::Read::read(&mut file, &mut head).map_err(|source| Error::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let head = &head[..n];
+        // safetensors: a little-endian u64 header length, then the JSON header's `{`.
+        Ok(if n == 9 && head[8] == b'{' {
+            Self::Safetensors
+        } else if head.starts_with(b"PK\x03\x04") {
+            Self::TorchZip
+        } else if head.first() == Some(&0x80) {
+            Self::Pickle
+        } else {
+            Self::Unknown
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Safetensors => "safetensors",
+            Self::TorchZip => "a PyTorch checkpoint (zip)",
+            Self::Pickle => "a PyTorch pickle",
+            Self::Unknown => "neither safetensors nor a PyTorch checkpoint",
+        }
+    }
+}
+
+/// Opens `path` if it is a regular file: a FIFO or device would block or never end, so it is
+/// refused before it is opened.
+fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let io = |op| {
+        move |source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if !std::fs::metadata(path).map_err(io("read"))?.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is not a regular file (a folder, FIFO, socket or device)",
+            path.display()
+        )));
+    }
+    std::fs::File::open(path).map_err(io("open"))
+}
+
+/// Reads every tensor of a `.safetensors` or PyTorch (`.pth`, `.pt`, `.bin`) file, by name. The
+/// file's first bytes must match its extension: a PyTorch file named `.safetensors` (or the
+/// reverse) is refused, saying what it holds.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let wrap = |source| Error::ReadCheckpoint {
         path: path.to_path_buf(),
         source,
     };
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let found = Format::sniff(path)?;
+    let fits = match found {
+        Format::Safetensors => is_safetensors,
+        Format::TorchZip | Format::Pickle => !is_safetensors,
+        Format::Unknown => false,
+    };
+    if !fits {
+        return Err(Error::Invalid(format!(
+            "{} is {}; expected {} by its extension",
+            path.display(),
+            found.name(),
+            if is_safetensors {
+                "safetensors"
+            } else {
+                "a PyTorch checkpoint"
+            }
+        )));
+    }
     if is_safetensors {
         candle_core::safetensors::load(path, &Device::Cpu).map_err(wrap)
     } else {
@@ -133,7 +215,22 @@ pub fn load(varmap: &VarMap, path: &Path, prefix: &str, ignore: &[&str]) -> Resu
                 .push((key.clone(), var.dims().to_vec(), t.dims().to_vec()));
             continue;
         }
-        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        let t = t.to_dtype(var.dtype())?;
+        // t·0 is 0 where t is finite and NaN where it is not: one sum tells.
+        let poisoned = t.dtype().is_float()
+            && !t
+                .affine(0.0, 0.0)?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_scalar::<f32>()?
+                .is_finite();
+        if poisoned {
+            return Err(Error::Invalid(format!(
+                "{}: tensor {file_key} holds NaN or infinite values",
+                path.display()
+            )));
+        }
+        var.set(&t.to_device(var.device())?)?;
         report.loaded += 1;
     }
     let mut unexpected: Vec<String> = file
@@ -209,6 +306,33 @@ pub fn save_tensors(
     write_atomic(path, &bytes)
 }
 
+/// Removes the temporaries [`write_atomic`] left in `dir` when a process was killed mid-write
+/// (`.d2a-*.partial`, older than a minute: a live writer's file is younger); returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 60);
+        if name.starts_with(".d2a-") && name.ends_with(".partial") && old {
+            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
+                op: "remove the stale temporary",
+                path: entry.path(),
+                source,
+            })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes `bytes` to `path` atomically: into a temporary file in the same folder, synced, then
 /// renamed over `path`, so that a reader (or a run killed half-way) never sees a partial file
 /// and a failed write leaves nothing behind. The one atomic file write of d2a: the other
@@ -244,11 +368,14 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         path: path.to_path_buf(),
         source: candle_core::Error::Msg(e),
     };
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        op: "open",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    if Format::sniff(path)? != Format::Safetensors {
+        return Err(Error::Invalid(format!(
+            "{} is {}, not safetensors",
+            path.display(),
+            Format::sniff(path)?.name()
+        )));
+    }
+    let mut file = open_regular(path)?;
     let mut len = [0u8; 8];
     std::io::Read::read_exact(&mut file, &mut len)
         .map_err(|e| wrap(format!("no safetensors header ({e})")))?;
