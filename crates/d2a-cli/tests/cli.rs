@@ -983,3 +983,108 @@ fn hostile_inputs_get_clear_errors_and_nothing_is_overwritten() {
     }
     assert_eq!(std::fs::read(&best).unwrap(), original);
 }
+
+#[test]
+fn cosine_schedule_threshold_on_validation_and_tta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = d2a(&[
+        "train",
+        "-q",
+        "--epochs",
+        "2",
+        "--slices",
+        "16",
+        "--size",
+        "32",
+        "--schedule",
+        "cosine",
+        "--lr",
+        "0.002",
+        "--threshold-on-val",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Cosine over 2 epochs: 2e-3, then 1e-3.
+    let lrs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        (lrs[0] - 2e-3).abs() < 1e-12 && (lrs[1] - 1e-3).abs() < 1e-12,
+        "{lrs:?}"
+    );
+    let best = run.join("best.safetensors");
+    let meta = d2a_model::checkpoint::read_metadata(&best).unwrap();
+    let p: f64 = meta["d2a.threshold"].parse().unwrap();
+    assert!(
+        p > 0.0 && p < 1.0 && ((p * 20.0).round() - p * 20.0).abs() < 1e-9,
+        "{p}"
+    );
+    let segmenter = d2a_model::Segmenter::from_checkpoint(&best).unwrap();
+    assert_eq!(segmenter.threshold(), p);
+
+    let data = tmp.path().join("data");
+    write_phantom(&data, "vol_0", 100, 32);
+    let (best_s, data_s) = (best.to_str().unwrap(), data.to_str().unwrap());
+    let out = d2a(&["eval", "--checkpoint", best_s, "--data", data_s]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("threshold {p}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = d2a(&[
+        "eval",
+        "--checkpoint",
+        best_s,
+        "--data",
+        data_s,
+        "--threshold",
+        "0.3",
+        "--tta",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("threshold 0.3"));
+    let out = d2a(&[
+        "eval",
+        "--checkpoint",
+        best_s,
+        "--data",
+        data_s,
+        "--threshold",
+        "1.5",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threshold"));
+    let pred = tmp.path().join("pred");
+    let png = data.join("images/vol_0.png");
+    let out = d2a(&[
+        "predict",
+        "--checkpoint",
+        best_s,
+        "--tta",
+        png.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pred.join("vol_0_mask.png").is_file());
+}

@@ -36,12 +36,10 @@ use crate::{Error, Model, Result};
 /// A pixel is lesion where its logit is at least this (probability ≥ 0.5).
 pub const LESION_LOGIT: f32 = 0.0;
 
-/// The binary mask (1 = lesion) of a logit map.
-pub fn mask_of_logits(logits: &[f32]) -> Vec<u8> {
-    logits
-        .iter()
-        .map(|&l| u8::from(l >= LESION_LOGIT))
-        .collect()
+/// The binary mask (1 = lesion) of a logit map at logit threshold `at` ([`LESION_LOGIT`] for
+/// probability 0.5; [`crate::checkpoint::format::logit_of`] for others).
+pub fn mask_of_logits(logits: &[f32], at: f32) -> Vec<u8> {
+    logits.iter().map(|&l| u8::from(l >= at)).collect()
 }
 
 /// A borrowed grey image: `height x width` pixels, row by row, in [0, 1].
@@ -86,14 +84,40 @@ impl<'a> Image<'a> {
     }
 }
 
+/// Test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tta {
+    /// One forward pass per batch.
+    #[default]
+    None,
+    /// The mean of the logits of the image and of its left-right mirror (mirrored back): two
+    /// passes per batch.
+    Flip,
+}
+
+/// The model's logits for a batch `x` under `tta`.
+fn forward(model: &Model, x: &Tensor, tta: Tta) -> Result<Tensor> {
+    let y = model.forward_t(x, false)?;
+    match tta {
+        Tta::None => Ok(y),
+        Tta::Flip => {
+            let w = x.dim(3)?;
+            let reversed: Vec<u32> = (0..w as u32).rev().collect();
+            let idx = Tensor::new(reversed.as_slice(), x.device())?;
+            let mirrored = model.forward_t(&x.index_select(&idx, 3)?, false)?;
+            Ok(((y + mirrored.index_select(&idx, 3)?)? * 0.5)?)
+        }
+    }
+}
+
 /// Logits of `model` (eval mode) for every image, each at its own size: images are resized to
-/// `input x input`, predicted `batch` at a time, and their logit maps resized back. The one
-/// implementation of the inference pipeline (validation in training uses it too).
+/// `input x input`, predicted `batch` at a time (under `tta`), and their logit maps resized
+/// back. The one implementation of the inference pipeline (validation in training uses it too).
 pub fn predict_logits(
     model: &Model,
     images: &[Image],
-    input: usize,
-    batch: usize,
+    (input, batch): (usize, usize),
+    tta: Tta,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(images.len());
@@ -109,7 +133,7 @@ pub fn predict_logits(
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let logits = model.forward_t(&Tensor::cat(&inputs, 0)?, false)?;
+        let logits = forward(model, &Tensor::cat(&inputs, 0)?, tta)?;
         for (i, im) in chunk.iter().enumerate() {
             let map = logits.narrow(0, i, 1)?;
             let map = if im.size() == (input, input) {
@@ -129,6 +153,7 @@ pub struct Segmenter {
     varmap: VarMap,
     meta: InferenceMeta,
     batch: usize,
+    tta: Tta,
     device: Device,
 }
 
@@ -172,6 +197,7 @@ impl Segmenter {
             varmap,
             meta,
             batch: Self::DEFAULT_BATCH,
+            tta: Tta::None,
             device: device.clone(),
         })
     }
@@ -190,6 +216,7 @@ impl Segmenter {
             varmap,
             meta,
             batch: Self::DEFAULT_BATCH,
+            tta: Tta::None,
             device,
         })
     }
@@ -203,6 +230,17 @@ impl Segmenter {
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
+    }
+
+    /// Predicts under test-time augmentation `tta`.
+    pub fn with_tta(mut self, tta: Tta) -> Self {
+        self.tta = tta;
+        self
+    }
+
+    /// The test-time augmentation in force.
+    pub fn tta(&self) -> Tta {
+        self.tta
     }
 
     /// The network.
@@ -220,28 +258,94 @@ impl Segmenter {
         self.meta.input_size
     }
 
+    /// Uses lesion probability threshold `p` (strictly between 0 and 1) instead of the one the
+    /// checkpoint records.
+    pub fn with_threshold(mut self, p: f64) -> Result<Self> {
+        crate::checkpoint::format::parse_threshold(&p.to_string())
+            .map_err(|e| Error::Invalid(format!("threshold {e}")))?;
+        self.meta.threshold = Some(p);
+        Ok(self)
+    }
+
+    /// The lesion probability threshold in force: the checkpoint's (or the override), else 0.5.
+    pub fn threshold(&self) -> f64 {
+        self.meta.threshold.unwrap_or(0.5)
+    }
+
+    /// [`Segmenter::threshold`] as a logit.
+    pub fn threshold_logit(&self) -> f32 {
+        match self.meta.threshold {
+            Some(p) => crate::checkpoint::format::logit_of(p),
+            None => LESION_LOGIT,
+        }
+    }
+
     /// Logit maps of `images`, each at its image's size.
     pub fn logits(&self, images: &[Image]) -> Result<Vec<Vec<f32>>> {
         predict_logits(
             &self.model,
             images,
-            self.meta.input_size,
-            self.batch,
+            (self.meta.input_size, self.batch),
+            self.tta,
             &self.device,
         )
     }
 
     /// Masks (1 = lesion) of `images`, each at its image's size.
     pub fn segment_all(&self, images: &[Image]) -> Result<Vec<Vec<u8>>> {
+        let at = self.threshold_logit();
         Ok(self
             .logits(images)?
             .iter()
-            .map(|l| mask_of_logits(l))
+            .map(|l| mask_of_logits(l, at))
             .collect())
     }
 
     /// The mask (1 = lesion) of one image, at its size.
     pub fn segment(&self, image: Image) -> Result<Vec<u8>> {
         Ok(self.segment_all(&[image])?.remove(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirrored(px: &[f32], w: usize) -> Vec<f32> {
+        px.chunks(w)
+            .flat_map(|row| row.iter().rev().copied())
+            .collect()
+    }
+
+    /// Flip TTA is the mean of the plain logits and the mirrored image's logits mirrored back,
+    /// on a non-square image that is resized on the way.
+    #[test]
+    fn flip_tta_averages_the_mirrored_prediction() -> Result<()> {
+        let (h, w) = (20, 28);
+        let px: Vec<f32> = (0..h * w)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0).sin().abs())
+            .collect();
+        let plain = Segmenter::untrained("d2a-vgg-tiny", 32)?;
+        let a = plain.logits(&[Image::new(&px, h, w)?])?.remove(0);
+        let m = mirrored(&px, w);
+        let b = mirrored(&plain.logits(&[Image::new(&m, h, w)?])?.remove(0), w);
+        let tta = plain.with_tta(Tta::Flip);
+        let got = tta.logits(&[Image::new(&px, h, w)?])?.remove(0);
+        let worst = got
+            .iter()
+            .zip(a.iter().zip(&b))
+            .map(|(g, (a, b))| (g - 0.5 * (a + b)).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{worst}");
+        assert!(a.iter().zip(&got).any(|(a, g)| (a - g).abs() > 1e-6));
+        Ok(())
+    }
+
+    #[test]
+    fn images_must_fit_their_size_and_be_finite() {
+        assert!(Image::new(&[0.0; 5], 2, 3).is_err());
+        assert!(Image::new(&[0.0, f32::NAN], 1, 2).is_err());
+        assert!(Image::new(&[], 0, 0).is_err());
+        assert!(Image::new(&[0.5; 6], 2, 3).is_ok());
     }
 }

@@ -9,16 +9,16 @@ use candle_nn::VarMap;
 use d2a_data::Slice;
 use d2a_data::loader::Loader;
 use d2a_metrics::{Confusion, Summary};
-use d2a_model::Model;
 use d2a_model::checkpoint::format::{MOMENT_PREFIXES, TRAIN_STATE, read_train_state};
 use d2a_model::checkpoint::{load_exact, read_tensors, save_tensors, tensors_of, trainable_vars};
+use d2a_model::{Model, Tta};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::loss::dice_bce;
 use crate::optim::{Adam, AdamConfig};
-use crate::schedule::{PlateauConfig, ReduceOnPlateau};
+use crate::schedule::{PlateauConfig, ReduceOnPlateau, Schedule};
 use crate::score::{confusion, for_each_prediction};
 use crate::{Error, Result};
 
@@ -33,6 +33,9 @@ pub struct FitConfig {
     pub lambda: f64,
     /// Reduce-on-plateau of the learning rate on the validation loss.
     pub plateau: PlateauConfig,
+    /// Which schedule sets the learning rate (plateau unless a config says otherwise).
+    #[serde(default)]
+    pub schedule: Schedule,
 }
 
 /// One line of `metrics.jsonl`.
@@ -105,7 +108,8 @@ pub fn evaluate(model: &Model, val: &Validation, lambda: f64) -> Result<(f64, Su
     let mut counts: Vec<Confusion> = Vec::with_capacity(val.slices.len());
     let mut loss_sum = 0.0;
     let device = &val.device;
-    for_each_prediction(model, &val.slices, val.input, val.batch, device, |s, l| {
+    let sizes = (val.input, val.batch);
+    for_each_prediction(model, &val.slices, sizes, Tta::None, device, |s, l| {
         counts.push(confusion(s, &l)?);
         let shape = (1, 1, s.height, s.width);
         let target: Vec<f32> = s.mask.iter().map(|&m| f32::from(m)).collect();
@@ -241,7 +245,10 @@ impl Trainer {
         };
         self.state.epoch = epoch;
         self.state.adam_step = self.opt.steps();
-        self.state.lr = self.state.plateau.step(val_loss, self.state.lr);
+        self.state.lr = match self.cfg.schedule {
+            Schedule::Plateau => self.state.plateau.step(val_loss, self.state.lr),
+            Schedule::Cosine => Schedule::cosine(self.cfg.adam.lr, epoch, self.cfg.epochs),
+        };
         self.state.history.push(record.clone());
         Ok(record)
     }
@@ -333,6 +340,7 @@ mod tests {
             adam: AdamConfig::paper(),
             lambda: 1.0,
             plateau: PlateauConfig::paper(),
+            schedule: Schedule::Plateau,
         };
         let mut trainer = Trainer::new(model, varmap, cfg)?;
         let loader = Loader::new(slices.clone(), LoaderConfig::eval(4))?;

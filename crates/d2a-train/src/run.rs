@@ -15,7 +15,8 @@ use d2a_data::dataset::read_dataset;
 use d2a_data::loader::{Loader, LoaderConfig};
 use d2a_data::{ReadOptions, Slice};
 use d2a_metrics::Report;
-use d2a_model::checkpoint::format::InferenceMeta;
+use d2a_model::Tta;
+use d2a_model::checkpoint::format::{InferenceMeta, logit_of};
 use d2a_model::checkpoint::{load_exact, write_atomic};
 use d2a_model::init::seeded_var_builder;
 use d2a_model::{Model, ModelConfig, Pretrained};
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::curves::write_curves;
 use crate::fit::{EpochRecord, FitConfig, Trainer, Validation, split_by_volume};
-use crate::score::evaluate_slices;
+use crate::score::{confusion_at, evaluate_slices, for_each_prediction};
 use crate::{Error, Result};
 
 /// What a run trains on.
@@ -68,6 +69,11 @@ pub struct RunConfig {
     pub val_fraction: f64,
     /// Epochs, optimiser, loss weight and schedule.
     pub fit: FitConfig,
+    /// After the last epoch, choose the lesion probability threshold that maximises the mean
+    /// per-slice validation Dice of the best weights, record it in `best.safetensors`
+    /// (`d2a.threshold`), and test with it. Off: 0.5, the paper's.
+    #[serde(default)]
+    pub threshold_on_val: bool,
 }
 
 /// How a run folder that already holds a run is treated.
@@ -169,7 +175,12 @@ pub fn run(
         .best()
         .cloned()
         .ok_or_else(|| Error::Config("no epoch ran".into()))?;
-    let test = plan.test(&mut trainer, &best, &folder, observer)?;
+    let threshold = if plan.cfg.threshold_on_val {
+        Some(plan.choose_threshold(&mut trainer, &val, &folder, observer)?)
+    } else {
+        None
+    };
+    let test = plan.test(&mut trainer, &best, threshold, &folder, observer)?;
     Ok(RunOutcome {
         dir: dir.to_path_buf(),
         history: trainer.state.history.clone(),
@@ -437,11 +448,64 @@ impl Plan {
         Ok(())
     }
 
-    /// The test set scored once with the best-on-validation weights, into `test.json`.
+    /// The lesion probability threshold (0.05 to 0.95 in steps of 0.05; ties go to the one
+    /// nearest 0.5) with the best mean per-slice Dice of the best weights on `val`, recorded in
+    /// `best.safetensors`.
+    fn choose_threshold(
+        &self,
+        trainer: &mut Trainer,
+        val: &Validation,
+        folder: &RunFolder,
+        observer: &mut dyn Observer,
+    ) -> Result<f64> {
+        let best_path = folder.file("best.safetensors");
+        load_exact(trainer.varmap(), &best_path, "", &[])?;
+        let grid: Vec<f64> = (1..20).map(|i| f64::from(i) * 0.05).collect();
+        let logits: Vec<f32> = grid.iter().map(|&p| logit_of(p)).collect();
+        let mut counts = vec![Vec::with_capacity(val.slices.len()); grid.len()];
+        let sizes = (val.input, val.batch);
+        for_each_prediction(
+            trainer.model(),
+            &val.slices,
+            sizes,
+            Tta::None,
+            &self.device,
+            |s, l| {
+                for (c, &at) in counts.iter_mut().zip(&logits) {
+                    c.push(confusion_at(s, &l, at)?);
+                }
+                Ok::<_, Error>(())
+            },
+        )?;
+        let mut chosen: (f64, f64) = (0.5, f64::NEG_INFINITY);
+        for (&p, c) in grid.iter().zip(&counts) {
+            let dice = d2a_metrics::Summary::from_confusions(c)?
+                .per_slice_mean
+                .dice;
+            let nearer = (p - 0.5).abs() < (chosen.0 - 0.5).abs();
+            if dice > chosen.1 || (dice == chosen.1 && nearer) {
+                chosen = (p, dice);
+            }
+        }
+        let mut meta = InferenceMeta::new(&self.cfg.model, self.input_size())?;
+        meta.threshold = Some(chosen.0);
+        trainer.save_weights(&best_path, &meta.to_metadata())?;
+        observer.message(&format!(
+            "threshold {:.2} chosen on validation (per-slice Dice {:.4}), recorded in {}",
+            chosen.0,
+            chosen.1,
+            best_path.display()
+        ));
+        Ok(chosen.0)
+    }
+
+    /// The test set scored once with the best-on-validation weights (at `threshold`, else 0.5),
+    /// into `test.json`.
     fn test(
         &self,
         trainer: &mut Trainer,
         best: &EpochRecord,
+        threshold: Option<f64>,
         folder: &RunFolder,
         observer: &mut dyn Observer,
     ) -> Result<Option<Report>> {
@@ -460,11 +524,12 @@ impl Plan {
             path: path.clone(),
             source: Box::new(source),
         })?;
+        let at = threshold.map_or(d2a_model::LESION_LOGIT, logit_of);
         let report = evaluate_slices(
             trainer.model(),
             &slices,
-            self.input_size(),
-            self.cfg.batch,
+            (self.input_size(), self.cfg.batch),
+            at,
             &self.device,
         )?;
         write_json(&folder.file("test.json"), &report)?;

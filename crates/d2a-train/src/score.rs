@@ -6,7 +6,7 @@ use candle_core::Device;
 use d2a_data::Slice;
 use d2a_data::readers::{file_stem, is_nifti};
 use d2a_metrics::{Confusion, Report};
-use d2a_model::{Image, LESION_LOGIT, Model, predict_logits};
+use d2a_model::{Image, LESION_LOGIT, Model, Tta, predict_logits};
 
 use crate::Result;
 
@@ -28,25 +28,30 @@ pub fn image_of(slice: &Slice) -> Result<Image<'_>> {
 /// The confusion counts of a logit map against a slice's mask (lesion where the logit is at
 /// least [`LESION_LOGIT`]).
 pub fn confusion(slice: &Slice, logits: &[f32]) -> Result<Confusion> {
+    confusion_at(slice, logits, LESION_LOGIT)
+}
+
+/// [`confusion`] at logit threshold `at`.
+pub fn confusion_at(slice: &Slice, logits: &[f32], at: f32) -> Result<Confusion> {
     let truth: Vec<bool> = slice.mask.iter().map(|&m| m != 0).collect();
-    Ok(Confusion::from_scores(logits, LESION_LOGIT, &truth)?)
+    Ok(Confusion::from_scores(logits, at, &truth)?)
 }
 
 /// Calls `each(slice, logits)` for every slice, in order, with the logits of `model` (eval
-/// mode) predicted at `input x input` and resized back to the slice's size; `batch` slices
-/// per forward pass. The first error (of the prediction, or of `each`) stops it.
+/// mode) predicted at `input x input` (under `tta`) and resized back to the slice's size;
+/// `batch` slices per forward pass. The first error (of the prediction, or of `each`) stops it.
 pub fn for_each_prediction<E: From<crate::Error>>(
     model: &Model,
     slices: &[Slice],
-    input: usize,
-    batch: usize,
+    (input, batch): (usize, usize),
+    tta: Tta,
     device: &Device,
     mut each: impl FnMut(&Slice, Vec<f32>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     for chunk in slices.chunks(batch.max(1)) {
         let images = chunk.iter().map(image_of).collect::<Result<Vec<_>>>()?;
-        let logits =
-            predict_logits(model, &images, input, batch, device).map_err(crate::Error::from)?;
+        let logits = predict_logits(model, &images, (input, batch), tta, device)
+            .map_err(crate::Error::from)?;
         for (s, l) in chunk.iter().zip(logits) {
             each(s, l)?;
         }
@@ -54,18 +59,18 @@ pub fn for_each_prediction<E: From<crate::Error>>(
     Ok(())
 }
 
-/// The paper's metrics of `model` on `slices`, predicted at `input` and scored at each slice's
-/// own size.
+/// The paper's metrics of `model` on `slices`, predicted at `input` (`batch` at a time) and
+/// scored at each slice's own size, lesion where the logit is at least `at`.
 pub fn evaluate_slices(
     model: &Model,
     slices: &[Slice],
-    input: usize,
-    batch: usize,
+    (input, batch): (usize, usize),
+    at: f32,
     device: &Device,
 ) -> Result<Report> {
     let mut named = Vec::with_capacity(slices.len());
-    for_each_prediction(model, slices, input, batch, device, |s, l| {
-        named.push((slice_name(s), confusion(s, &l)?));
+    for_each_prediction(model, slices, (input, batch), Tta::None, device, |s, l| {
+        named.push((slice_name(s), confusion_at(s, &l, at)?));
         Ok::<_, crate::Error>(())
     })?;
     Ok(Report::new(named)?)

@@ -9,7 +9,7 @@ use d2a_data::ReadOptions;
 use d2a_data::dataset::read_dataset;
 use d2a_metrics::Report;
 use d2a_model::mask_of_logits;
-use d2a_train::score::{confusion, for_each_prediction, slice_name};
+use d2a_train::score::{confusion_at, for_each_prediction, slice_name};
 
 use crate::overlay::write_overlay;
 
@@ -50,12 +50,13 @@ impl Args {
                 .with_context(|| format!("creating the overlay folder {}", dir.display()))?;
         }
         let bar = super::progress(slices.len(), "eval", quiet);
+        let at = segmenter.threshold_logit();
         let mut named = Vec::with_capacity(slices.len());
         for_each_prediction(
             segmenter.model(),
             &slices,
-            segmenter.input_size(),
-            self.model.batch.into(),
+            (segmenter.input_size(), self.model.batch.into()),
+            segmenter.tta(),
             &device,
             |s, logits| {
                 let name = slice_name(s);
@@ -63,12 +64,12 @@ impl Args {
                     write_overlay(
                         &s.image,
                         (s.height, s.width),
-                        &mask_of_logits(&logits),
+                        &mask_of_logits(&logits, at),
                         Some(&s.mask),
                         &dir.join(format!("{name}.png")),
                     )?;
                 }
-                named.push((name, confusion(s, &logits)?));
+                named.push((name, confusion_at(s, &logits, at)?));
                 bar.inc(1);
                 anyhow::Ok(())
             },
@@ -77,9 +78,10 @@ impl Args {
         let report = Report::new(named)?;
         let input = segmenter.input_size();
         println!(
-            "{} ({}, input {input}x{input}) on {}: {} slices\n{}",
+            "{} ({}, input {input}x{input}, threshold {}) on {}: {} slices\n{}",
             self.model.checkpoint.display(),
             segmenter.name(),
+            segmenter.threshold(),
             self.data.display(),
             report.n_slices,
             report.table()

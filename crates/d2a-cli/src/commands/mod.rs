@@ -24,6 +24,18 @@ pub struct CheckpointArgs {
     /// Slices per forward pass.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch: u16,
+    /// Test-time augmentation: average the logits of each slice and of its left-right mirror
+    /// (two forward passes).
+    #[arg(long)]
+    pub tta: bool,
+    /// Lesion probability threshold, strictly between 0 and 1 [default: the one chosen on
+    /// validation and recorded in the checkpoint, else 0.5].
+    #[arg(long, value_parser = threshold)]
+    pub threshold: Option<f64>,
+}
+
+fn threshold(text: &str) -> Result<f64, String> {
+    d2a_model::checkpoint::format::parse_threshold(text)
 }
 
 impl CheckpointArgs {
@@ -34,7 +46,16 @@ impl CheckpointArgs {
         let segmenter =
             d2a_model::Segmenter::load(&self.checkpoint, self.model.as_deref(), self.size, device)
                 .with_context(|| format!("loading {}", self.checkpoint.display()))?;
-        Ok(segmenter.with_batch(self.batch.into()))
+        let tta = if self.tta {
+            d2a_model::Tta::Flip
+        } else {
+            d2a_model::Tta::None
+        };
+        let segmenter = segmenter.with_batch(self.batch.into()).with_tta(tta);
+        Ok(match self.threshold {
+            Some(p) => segmenter.with_threshold(p)?,
+            None => segmenter,
+        })
     }
 }
 

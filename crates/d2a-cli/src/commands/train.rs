@@ -10,7 +10,7 @@ use d2a_metrics::Scores;
 use d2a_train::fit::{EpochRecord, FitConfig};
 use d2a_train::optim::AdamConfig;
 use d2a_train::run::{Existing, Observer, RunConfig, RunOutcome, TrainData, run, write_json};
-use d2a_train::schedule::PlateauConfig;
+use d2a_train::schedule::{PlateauConfig, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -50,6 +50,14 @@ pub struct Args {
     /// L2 weight decay added to the gradient.
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
+    /// Learning-rate schedule: plateau (the paper's: tenfold drop after --patience epochs
+    /// without improvement of the validation loss) or cosine (decay to 0 over --epochs).
+    #[arg(long, default_value = "plateau")]
+    pub schedule: Schedule,
+    /// After the last epoch, choose the lesion probability threshold with the best validation
+    /// Dice, record it in best.safetensors (eval and predict use it) and test with it.
+    #[arg(long)]
+    pub threshold_on_val: bool,
     /// Epochs without improvement of the validation loss before the learning rate drops tenfold.
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
@@ -72,7 +80,8 @@ pub struct Args {
     /// no other setting may be given with it but --epochs, which extends the run to that many
     /// epochs in all (recorded in config.json).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay",
+        "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay", "schedule",
+        "threshold_on_val",
         "patience", "val_fraction", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
@@ -211,7 +220,9 @@ impl Args {
                     patience: self.patience,
                     ..PlateauConfig::paper()
                 },
+                schedule: self.schedule,
             },
+            threshold_on_val: self.threshold_on_val,
         })
     }
 

@@ -7,6 +7,7 @@
 //! | `optim.m.<variable>`, `optim.v.<variable>` | tensor | `last.safetensors` | Adam's first and second moments |
 //! | `d2a.model` | metadata | every checkpoint | the model name ([`ModelConfig::by_name`]) |
 //! | `d2a.input_size` | metadata | every checkpoint | the side of the square model input inference resizes to |
+//! | `d2a.threshold` | metadata | `best.safetensors` of `train --threshold-on-val` | the lesion probability threshold chosen on validation (absent: 0.5) |
 //! | `d2a.train_state` | metadata | `last.safetensors` | d2a-train's `TrainState` as JSON (epoch, Adam step, learning rate, schedule, history) |
 //!
 //! A checkpoint of `d2a train` is read for inference with [`InferenceMeta::read`]; a missing or
@@ -23,6 +24,8 @@ use crate::{Error, ModelConfig, Result};
 pub const MODEL: &str = "d2a.model";
 /// Metadata key: the side of the square model input.
 pub const INPUT_SIZE: &str = "d2a.input_size";
+/// Metadata key: the lesion probability threshold chosen on validation data.
+pub const THRESHOLD: &str = "d2a.threshold";
 /// Metadata key: the training state (JSON) of a resumable checkpoint.
 pub const TRAIN_STATE: &str = "d2a.train_state";
 /// Prefix of every optimiser tensor; inference ignores these.
@@ -35,7 +38,7 @@ pub const MOMENT_PREFIXES: [&str; 2] = ["optim.m.", "optim.v."];
 pub const MAX_INPUT_SIDE: usize = 16384;
 
 /// What inference needs to know about a checkpoint: which model it holds and the input side.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InferenceMeta {
     /// The model name ([`ModelConfig::by_name`]).
     pub model: String,
@@ -43,6 +46,8 @@ pub struct InferenceMeta {
     pub config: ModelConfig,
     /// The side of the square input the model was trained for.
     pub input_size: usize,
+    /// The lesion probability threshold chosen on validation, if one was (else 0.5 applies).
+    pub threshold: Option<f64>,
 }
 
 impl InferenceMeta {
@@ -60,6 +65,7 @@ impl InferenceMeta {
             model: model.to_string(),
             config,
             input_size,
+            threshold: None,
         })
     }
 
@@ -89,20 +95,47 @@ impl InferenceMeta {
                 })?
             }
         };
-        Self::new(&model, input_size).map_err(|e| Error::Metadata {
+        let mut meta = Self::new(&model, input_size).map_err(|e| Error::Metadata {
             path: path.to_path_buf(),
             key: MODEL,
             problem: e.to_string(),
-        })
+        })?;
+        if let Some(text) = metadata.get(THRESHOLD) {
+            meta.threshold = Some(parse_threshold(text).map_err(|problem| Error::Metadata {
+                path: path.to_path_buf(),
+                key: THRESHOLD,
+                problem,
+            })?);
+        }
+        Ok(meta)
     }
 
     /// The metadata entries to write with the weights.
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut m = HashMap::from([
             (MODEL.to_string(), self.model.clone()),
             (INPUT_SIZE.to_string(), self.input_size.to_string()),
-        ])
+        ]);
+        if let Some(t) = self.threshold {
+            m.insert(THRESHOLD.to_string(), t.to_string());
+        }
+        m
     }
+}
+
+/// A lesion probability threshold: a number strictly between 0 and 1.
+pub fn parse_threshold(text: &str) -> std::result::Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err(format!(
+            "is {text:?}, not a probability strictly between 0 and 1"
+        )),
+    }
+}
+
+/// The logit of probability `p`: a pixel is lesion where its logit is at least this.
+pub fn logit_of(p: f64) -> f32 {
+    (p / (1.0 - p)).ln() as f32
 }
 
 /// The training state JSON of the checkpoint at `path`: an error naming the file if it has
