@@ -12,6 +12,15 @@ fn d2a(args: &[&str]) -> Output {
         .expect("running d2a")
 }
 
+/// Fails the test with d2a's stderr unless the run succeeded.
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `d2a train` on 16 phantoms of 32², one epoch, into `run`, plus `extra` arguments.
 fn train_tiny(run: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -173,11 +182,7 @@ fn repeats_report_mean_and_std_over_seeds() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("rep");
     let out = train_tiny(&base, &["--repeats", "2", "--seed", "5", "-q"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(base.join("summary.json")).unwrap()).unwrap();
     let dice: Vec<f64> = ["seed-5", "seed-6"]
@@ -232,11 +237,7 @@ fn a_killed_run_resumes_to_the_same_weights_bitwise() {
         .args(args(&straight))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_d2a"))
         .args(args(&killed))
@@ -259,11 +260,7 @@ fn a_killed_run_resumes_to_the_same_weights_bitwise() {
     assert!(done < 6, "the run finished before it could be killed");
 
     let out = d2a(&["train", "--resume", killed.to_str().unwrap(), "-q"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let (a, b) = (
         tensors(&straight.join("last.safetensors")),
         tensors(&killed.join("last.safetensors")),
@@ -326,11 +323,7 @@ fn info_prints_the_spec_counts() {
 #[test]
 fn info_all_lists_every_model() {
     let out = d2a(&["info", "--all", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -357,11 +350,7 @@ fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("unet");
     let out = train_tiny(&run, &["--model", "unet-tiny", "-q"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model"], "unet-tiny");
@@ -378,11 +367,7 @@ fn baselines_train_from_the_cli_and_pretrained_ones_need_their_weights() {
         &tmp.path().join("fcn"),
         &["--model", "fcn8s-resnet101-tiny+scratch", "-q"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     // No ImageNet weights where the model looks for them: refused before anything is written,
     // with the ways out named.
     let missing = tmp.path().join("nothing.safetensors");
@@ -487,11 +472,7 @@ fn eval_and_predict_a_trained_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let out = train_tiny(&run, &["-q"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let best = run.join("best.safetensors");
     let data = tmp.path().join("data");
     for i in 0..3 {
@@ -511,11 +492,7 @@ fn eval_and_predict_a_trained_checkpoint() {
         "--overlays",
         overlays.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: d2a_metrics::Report =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report.n_slices, 3);
@@ -558,11 +535,7 @@ fn eval_and_predict_a_trained_checkpoint() {
         pred.to_str().unwrap(),
     ];
     let out = d2a(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let mask = image::open(pred.join("vol_2_mask.png")).unwrap().to_luma8();
     assert_eq!(mask.dimensions(), (32, 32));
     assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
@@ -795,11 +768,7 @@ fn hostile_inputs_get_clear_errors_and_nothing_is_overwritten() {
         "--epochs",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["fit"]["epochs"], 2);
@@ -1005,11 +974,7 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
         "--out",
         run.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     // Cosine over 2 epochs: 2e-3, then 1e-3.
     let lrs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -1053,11 +1018,7 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
         "0.3",
         "--tta",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("threshold 0.3"));
     let out = d2a(&[
         "eval",
@@ -1081,10 +1042,6 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
         "--out",
         pred.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(pred.join("vol_0_mask.png").is_file());
 }

@@ -340,6 +340,15 @@ mod tests {
         }
     }
 
+    /// Automatic intensity, 4x4, lesion slices only.
+    fn options_4() -> ReadOptions {
+        ReadOptions {
+            intensity: Intensity::Auto,
+            size: 4,
+            keep_empty: false,
+        }
+    }
+
     #[test]
     fn round_trip_is_exact_for_8_bit_data() -> Result<()> {
         let tmp = tempfile::tempdir().unwrap();
@@ -367,11 +376,7 @@ mod tests {
     fn a_manifest_claiming_a_huge_count_is_refused() -> Result<()> {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("prep");
-        let options = ReadOptions {
-            intensity: Intensity::Auto,
-            size: 4,
-            keep_empty: false,
-        };
+        let options = options_4();
         write(&sample(3, 4), &options, &out)?;
         let manifest = out.join("manifest.json");
         let mut value: serde_json::Value =
@@ -392,11 +397,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let stale = tmp.path().join(".prep.partial-999999");
         std::fs::create_dir_all(stale.join("x")).unwrap();
-        let options = ReadOptions {
-            intensity: Intensity::Auto,
-            size: 4,
-            keep_empty: false,
-        };
+        let options = options_4();
         write(&sample(3, 4), &options, &tmp.path().join("prep"))?;
         assert!(!stale.exists());
         Ok(())
@@ -406,11 +407,7 @@ mod tests {
     fn other_versions_and_damaged_shards_are_refused() -> Result<()> {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("prep");
-        let options = ReadOptions {
-            intensity: Intensity::Auto,
-            size: 4,
-            keep_empty: false,
-        };
+        let options = options_4();
         write(&sample(3, 4), &options, &out)?;
         let shard = out.join("shard-0000.safetensors");
         let bytes = std::fs::read(&shard).unwrap();

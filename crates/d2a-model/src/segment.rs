@@ -185,39 +185,30 @@ impl Segmenter {
         input_size: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        let meta = InferenceMeta::read(path, model, input_size)?;
+        let segmenter = Self::fresh(InferenceMeta::read(path, model, input_size)?, device)?;
+        load_exact(&segmenter.varmap, path, "", &[OPTIM_PREFIX])?;
+        Ok(segmenter)
+    }
+
+    /// A segmenter of freshly initialised weights (seed 0), for tests and examples.
+    pub fn untrained(model: &str, input_size: usize) -> Result<Self> {
+        Self::fresh(InferenceMeta::new(model, input_size)?, &Device::Cpu)
+    }
+
+    /// The model `meta` names, with seed-0 weights, on `device`.
+    fn fresh(meta: InferenceMeta, device: &Device) -> Result<Self> {
         let varmap = VarMap::new();
-        let net = Model::new(
+        let model = Model::new(
             &meta.config,
             seeded_var_builder(&varmap, 0, DType::F32, device),
         )?;
-        load_exact(&varmap, path, "", &[OPTIM_PREFIX])?;
         Ok(Self {
-            model: net,
+            model,
             varmap,
             meta,
             batch: Self::DEFAULT_BATCH,
             tta: Tta::None,
             device: device.clone(),
-        })
-    }
-
-    /// A segmenter of freshly initialised weights (seed 0), for tests and examples.
-    pub fn untrained(model: &str, input_size: usize) -> Result<Self> {
-        let meta = InferenceMeta::new(model, input_size)?;
-        let varmap = VarMap::new();
-        let device = Device::Cpu;
-        let net = Model::new(
-            &meta.config,
-            seeded_var_builder(&varmap, 0, DType::F32, &device),
-        )?;
-        Ok(Self {
-            model: net,
-            varmap,
-            meta,
-            batch: Self::DEFAULT_BATCH,
-            tta: Tta::None,
-            device,
         })
     }
 
