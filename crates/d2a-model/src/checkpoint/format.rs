@@ -188,6 +188,15 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["taken"], "{names:?}");
+        // Outputs are readable by others, as files written directly would be.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let out = dir.path().join("ok.json");
+            crate::checkpoint::write_atomic(&out, b"{}").unwrap();
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
     }
 
     #[test]

@@ -352,6 +352,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(io("create a temporary file in", dir))?;
+    // A temporary file is created private (0600); the output gets a plain file's mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io("write", path))?;
+    }
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(io("write", path))?;
