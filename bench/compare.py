@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times the kernel issue's convolutions and models in PyTorch (2 threads) and in d2a, in one run,
+"""Times three convolutions and two models in PyTorch (2 threads) and in d2a, in one run,
 and prints the ratio d2a / PyTorch for each.
 
     python3 bench/compare.py [--ops] [--models] [--runs 20] [--model-runs 3] [--d2a target/release/d2a]
@@ -145,11 +145,30 @@ def main():
     if args.torch_model:
         torch_model_child(args.torch_model, args.mode, args.size, args.batch, args.model_runs)
         return
+    print(machine(), flush=True)
     both = not (args.ops or args.models)
     if args.ops or both:
         time_ops(args.d2a, args.runs)
     if args.models or both:
         time_models(args.d2a, args.model_runs)
+
+
+def machine():
+    """The CPU model, its vector extensions that matter to the kernels, the date and the
+    threads, as one line that heads every table (ratios differ by CPU kind)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = sorted(f for f in flags if f in ("avx2", "fma") or f.startswith("avx512"))
+    return (f"# {model}; {' '.join(simd) or 'no AVX2'}; {os.cpu_count()} logical CPUs, "
+            f"2 threads each side; {time.strftime('%Y-%m-%d')}")
 
 
 def time_ops(binary, runs):
