@@ -971,6 +971,8 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
         "--lr",
         "0.002",
         "--threshold-on-val",
+        "--normalise",
+        "percentile",
         "--out",
         run.to_str().unwrap(),
     ]);
@@ -996,8 +998,10 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
         p > 0.0 && p < 1.0 && ((p * 20.0).round() - p * 20.0).abs() < 1e-9,
         "{p}"
     );
+    assert_eq!(meta["d2a.normalise"], "percentile");
     let segmenter = d2a_model::Segmenter::from_checkpoint(&best).unwrap();
     assert_eq!(segmenter.threshold(), p);
+    assert_eq!(segmenter.normalise(), d2a_model::Normalise::Percentile);
 
     let data = tmp.path().join("data");
     write_phantom(&data, "vol_0", 100, 32);
@@ -1044,4 +1048,22 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
     ]);
     assert_success(&out);
     assert!(pred.join("vol_0_mask.png").is_file());
+    // The Segmenter, given the raw slice, normalises as training did and draws predict's mask.
+    let raw: Vec<f32> = image::open(&png)
+        .unwrap()
+        .to_luma8()
+        .pixels()
+        .map(|q| f32::from(q.0[0]) / 255.0)
+        .collect();
+    let ours = segmenter
+        .with_tta(d2a_model::Tta::Flip)
+        .segment(d2a_model::Image::new(&raw, 32, 32).unwrap())
+        .unwrap();
+    let theirs: Vec<u8> = image::open(pred.join("vol_0_mask.png"))
+        .unwrap()
+        .to_luma8()
+        .pixels()
+        .map(|q| q.0[0] / 255)
+        .collect();
+    assert_eq!(ours, theirs);
 }

@@ -58,7 +58,7 @@ mod segment;
 pub use d2a_unet::{D2AUNet, D2AUNetConfig, Encoder};
 pub use error::{Error, Result};
 pub use models::{Model, ModelConfig, Pretrained};
-pub use segment::{Image, LESION_LOGIT, Segmenter, Tta, mask_of_logits, predict_logits};
+pub use segment::{Image, LESION_LOGIT, Normalise, Segmenter, Tta, mask_of_logits, predict_logits};
 
 #[cfg(test)]
 mod test_support;

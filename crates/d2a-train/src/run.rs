@@ -15,11 +15,11 @@ use d2a_data::dataset::read_dataset;
 use d2a_data::loader::{Loader, LoaderConfig};
 use d2a_data::{ReadOptions, Slice};
 use d2a_metrics::Report;
-use d2a_model::Tta;
 use d2a_model::checkpoint::format::{InferenceMeta, logit_of};
 use d2a_model::checkpoint::{load_exact, write_atomic};
 use d2a_model::init::seeded_var_builder;
 use d2a_model::{Model, ModelConfig, Pretrained};
+use d2a_model::{Normalise, Tta};
 use serde::{Deserialize, Serialize};
 
 use crate::curves::write_curves;
@@ -74,6 +74,10 @@ pub struct RunConfig {
     /// (`d2a.threshold`), and test with it. Off: 0.5, the paper's.
     #[serde(default)]
     pub threshold_on_val: bool,
+    /// Per-image intensity normalisation of every slice read (training, validation, test),
+    /// recorded in the checkpoints so that `eval` and `predict` apply the same.
+    #[serde(default)]
+    pub normalise: Normalise,
 }
 
 /// How a run folder that already holds a run is treated.
@@ -353,6 +357,13 @@ impl Plan {
         eval_side(self.cfg.size, &self.model)
     }
 
+    /// What the checkpoints record for inference.
+    fn inference_meta(&self) -> Result<InferenceMeta> {
+        let mut meta = InferenceMeta::new(&self.cfg.model, self.input_size())?;
+        meta.normalise = self.cfg.normalise;
+        Ok(meta)
+    }
+
     /// The training loader and the validation slices, split by volume.
     fn read_data(&self, observer: &mut dyn Observer) -> Result<(Loader, Validation)> {
         let cfg = &self.cfg;
@@ -425,7 +436,7 @@ impl Plan {
         folder: &RunFolder,
         observer: &mut dyn Observer,
     ) -> Result<()> {
-        let metadata = InferenceMeta::new(&self.cfg.model, self.input_size())?.to_metadata();
+        let metadata = self.inference_meta()?.to_metadata();
         let epochs = self.cfg.fit.epochs;
         while trainer.state.epoch < epochs {
             observer.epoch_start(trainer.state.epoch + 1, epochs, train.n_batches());
@@ -487,7 +498,7 @@ impl Plan {
                 chosen = (p, dice);
             }
         }
-        let mut meta = InferenceMeta::new(&self.cfg.model, self.input_size())?;
+        let mut meta = self.inference_meta()?;
         meta.threshold = Some(chosen.0);
         trainer.save_weights(&best_path, &meta.to_metadata())?;
         observer.message(&format!(
@@ -519,11 +530,13 @@ impl Plan {
         ));
         load_exact(trainer.varmap(), &folder.file("best.safetensors"), "", &[])?;
         // Every slice, scored at its own size (as published scores are).
-        let slices = read_dataset(path, &ReadOptions::native()).map_err(|source| Error::Data {
-            what: "reading the test data",
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        let mut slices =
+            read_dataset(path, &ReadOptions::native()).map_err(|source| Error::Data {
+                what: "reading the test data",
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        normalise_all(&mut slices, self.cfg.normalise);
         let at = threshold.map_or(d2a_model::LESION_LOGIT, logit_of);
         let report = evaluate_slices(
             trainer.model(),
@@ -551,8 +564,15 @@ pub fn eval_size(cfg: &RunConfig) -> Result<usize> {
     Ok(eval_side(cfg.size, &ModelConfig::parse(&cfg.model)?))
 }
 
+/// Applies `normalise` to every slice's image.
+pub fn normalise_all(slices: &mut [Slice], normalise: Normalise) {
+    for s in slices {
+        normalise.apply(&mut s.image);
+    }
+}
+
 fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Slice>> {
-    Ok(match &cfg.train {
+    let mut slices = match &cfg.train {
         TrainData::Synthetic { slices, size } => {
             d2a_data::synthetic::phantoms(*slices, *size, cfg.seed.wrapping_mul(1_000_003))
         }
@@ -564,7 +584,9 @@ fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Slice>
                 source: Box::new(source),
             })?
         }
-    })
+    };
+    normalise_all(&mut slices, cfg.normalise);
+    Ok(slices)
 }
 
 /// `metrics.jsonl` from the whole history, rewritten atomically (so a resumed run never

@@ -43,8 +43,10 @@ impl Args {
         let device = Device::Cpu;
         let segmenter = self.model.load(&device)?;
         // Every slice, scored at its own size (as published scores are).
-        let slices = read_dataset(&self.data, &ReadOptions::native())
+        let mut slices = read_dataset(&self.data, &ReadOptions::native())
             .with_context(|| format!("reading {}", self.data.display()))?;
+        // As the checkpoint was trained (the Segmenter does the same for predict).
+        d2a_train::run::normalise_all(&mut slices, segmenter.normalise());
         if let Some(dir) = &self.overlays {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the overlay folder {}", dir.display()))?;

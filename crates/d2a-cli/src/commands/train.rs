@@ -54,6 +54,11 @@ pub struct Args {
     /// without improvement of the validation loss) or cosine (decay to 0 over --epochs).
     #[arg(long, default_value = "plateau")]
     pub schedule: Schedule,
+    /// Per-image intensity normalisation of every slice: none (the paper's) or percentile (clip
+    /// to the 0.5th-99.5th percentiles, rescale to [0, 1]); recorded in the checkpoints, so eval
+    /// and predict apply the same.
+    #[arg(long, default_value = "none")]
+    pub normalise: d2a_model::Normalise,
     /// After the last epoch, choose the lesion probability threshold with the best validation
     /// Dice, record it in best.safetensors (eval and predict use it) and test with it.
     #[arg(long)]
@@ -81,7 +86,7 @@ pub struct Args {
     /// epochs in all (recorded in config.json).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay", "schedule",
-        "threshold_on_val",
+        "threshold_on_val", "normalise",
         "patience", "val_fraction", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
@@ -223,6 +228,7 @@ impl Args {
                 schedule: self.schedule,
             },
             threshold_on_val: self.threshold_on_val,
+            normalise: self.normalise,
         })
     }
 

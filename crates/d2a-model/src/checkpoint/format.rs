@@ -8,6 +8,7 @@
 //! | `d2a.model` | metadata | every checkpoint | the model name ([`ModelConfig::by_name`]) |
 //! | `d2a.input_size` | metadata | every checkpoint | the side of the square model input inference resizes to |
 //! | `d2a.threshold` | metadata | `best.safetensors` of `train --threshold-on-val` | the lesion probability threshold chosen on validation (absent: 0.5) |
+//! | `d2a.normalise` | metadata | checkpoints of runs with `--normalise` | the per-image intensity normalisation training applied (absent: none) |
 //! | `d2a.train_state` | metadata | `last.safetensors` | d2a-train's `TrainState` as JSON (epoch, Adam step, learning rate, schedule, history) |
 //!
 //! A checkpoint of `d2a train` is read for inference with [`InferenceMeta::read`]; a missing or
@@ -26,6 +27,8 @@ pub const MODEL: &str = "d2a.model";
 pub const INPUT_SIZE: &str = "d2a.input_size";
 /// Metadata key: the lesion probability threshold chosen on validation data.
 pub const THRESHOLD: &str = "d2a.threshold";
+/// Metadata key: the per-image intensity normalisation ([`crate::Normalise`]).
+pub const NORMALISE: &str = "d2a.normalise";
 /// Metadata key: the training state (JSON) of a resumable checkpoint.
 pub const TRAIN_STATE: &str = "d2a.train_state";
 /// Prefix of every optimiser tensor; inference ignores these.
@@ -48,6 +51,8 @@ pub struct InferenceMeta {
     pub input_size: usize,
     /// The lesion probability threshold chosen on validation, if one was (else 0.5 applies).
     pub threshold: Option<f64>,
+    /// The intensity normalisation training applied to every image.
+    pub normalise: crate::Normalise,
 }
 
 impl InferenceMeta {
@@ -66,6 +71,7 @@ impl InferenceMeta {
             config,
             input_size,
             threshold: None,
+            normalise: crate::Normalise::None,
         })
     }
 
@@ -100,6 +106,13 @@ impl InferenceMeta {
             key: MODEL,
             problem: e.to_string(),
         })?;
+        if let Some(text) = metadata.get(NORMALISE) {
+            meta.normalise = text.parse().map_err(|problem| Error::Metadata {
+                path: path.to_path_buf(),
+                key: NORMALISE,
+                problem,
+            })?;
+        }
         if let Some(text) = metadata.get(THRESHOLD) {
             meta.threshold = Some(parse_threshold(text).map_err(|problem| Error::Metadata {
                 path: path.to_path_buf(),
@@ -118,6 +131,9 @@ impl InferenceMeta {
         ]);
         if let Some(t) = self.threshold {
             m.insert(THRESHOLD.to_string(), t.to_string());
+        }
+        if self.normalise != crate::Normalise::None {
+            m.insert(NORMALISE.to_string(), self.normalise.name().to_string());
         }
         m
     }
