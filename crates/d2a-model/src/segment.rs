@@ -309,8 +309,11 @@ impl Segmenter {
     /// Uses lesion probability threshold `p` (strictly between 0 and 1) instead of the one the
     /// checkpoint records.
     pub fn with_threshold(mut self, p: f64) -> Result<Self> {
-        crate::checkpoint::format::parse_threshold(&p.to_string())
-            .map_err(|e| Error::Invalid(format!("threshold {e}")))?;
+        if !crate::checkpoint::format::is_threshold(p) {
+            return Err(Error::Invalid(format!(
+                "threshold {p} is not a probability strictly between 0 and 1"
+            )));
+        }
         self.meta.threshold = Some(p);
         Ok(self)
     }

@@ -559,11 +559,6 @@ pub fn eval_side(crop: usize, model: &ModelConfig) -> usize {
     (side.div_ceil(multiple) * multiple).max(multiple)
 }
 
-/// [`eval_side`] of a run's configuration.
-pub fn eval_size(cfg: &RunConfig) -> Result<usize> {
-    Ok(eval_side(cfg.size, &ModelConfig::parse(&cfg.model)?))
-}
-
 /// Applies `normalise` to every slice's image.
 pub fn normalise_all(slices: &mut [Slice], normalise: Normalise) {
     for s in slices {

@@ -5,7 +5,7 @@
 use std::io::{Cursor, Read};
 use std::path::Path;
 
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject};
 
 use super::RawVolume;
 use crate::{Error, Result};
@@ -179,10 +179,8 @@ pub(crate) fn read_volume(path: &Path) -> Result<RawVolume> {
     let bytes = checked_bytes(file, path, max_voxels()).map_err(err)?;
     let obj =
         nifti::InMemNiftiObject::from_reader(Cursor::new(bytes)).map_err(|e| err(e.to_string()))?;
+    // `checked_bytes` refused every datatype but the scalar ones.
     let header = obj.header().clone();
-    if header.data_type().is_err() || header.data_type().ok() == Some(NiftiType::Rgb24) {
-        return Err(err(format!("unsupported datatype {}", header.datatype)));
-    }
     let array = obj
         .into_volume()
         .into_ndarray::<f32>()

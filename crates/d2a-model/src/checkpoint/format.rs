@@ -141,12 +141,16 @@ impl InferenceMeta {
 
 /// A lesion probability threshold: a number strictly between 0 and 1.
 pub fn parse_threshold(text: &str) -> std::result::Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
-        _ => Err(format!(
-            "is {text:?}, not a probability strictly between 0 and 1"
-        )),
-    }
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| is_threshold(*p))
+        .ok_or_else(|| format!("is {text:?}, not a probability strictly between 0 and 1"))
+}
+
+/// Whether `p` can be a lesion probability threshold: strictly between 0 and 1.
+pub fn is_threshold(p: f64) -> bool {
+    p > 0.0 && p < 1.0
 }
 
 /// The logit of probability `p`: a pixel is lesion where its logit is at least this.

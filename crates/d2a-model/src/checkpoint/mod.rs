@@ -376,11 +376,12 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         path: path.to_path_buf(),
         source: candle_core::Error::Msg(e),
     };
-    if Format::sniff(path)? != Format::Safetensors {
+    let found = Format::sniff(path)?;
+    if found != Format::Safetensors {
         return Err(Error::Invalid(format!(
             "{} is {}, not safetensors",
             path.display(),
-            Format::sniff(path)?.name()
+            found.name()
         )));
     }
     let mut file = open_regular(path)?;
