@@ -23,6 +23,10 @@ pub struct AugmentConfig {
     pub log_p: f64,
     /// Range of the log transform's `c` in `log(1 + c·x) / log(1 + c)` (1 to 10).
     pub log_c: (f32, f32),
+    /// nnU-Net's intensity augmentations on the crop, each drawn on its own (not the paper's;
+    /// off by default): contrast, brightness, Gaussian noise, Gaussian blur, low resolution.
+    /// They draw from their own random stream, so the geometric transforms stay as without them.
+    pub intensity: bool,
 }
 
 impl AugmentConfig {
@@ -35,7 +39,13 @@ impl AugmentConfig {
             gamma: (0.7, 1.5),
             log_p: 0.5,
             log_c: (1.0, 10.0),
+            intensity: false,
         }
+    }
+
+    /// This configuration with nnU-Net's intensity augmentations on or off.
+    pub const fn with_intensity(self, intensity: bool) -> Self {
+        Self { intensity, ..self }
     }
 
     /// The same transforms for a crop of `crop` pixels, resized first by the paper's ratio 560/448.
@@ -119,7 +129,76 @@ pub fn augment(slice: &Slice, cfg: &AugmentConfig, seed: u64) -> Result<Augmente
         out.mask
             .extend_from_slice(&mask[y * r + x0..y * r + x0 + c]);
     }
+    if cfg.intensity {
+        intensity_augment(&mut out.image, c, seed);
+    }
     Ok(out)
+}
+
+/// nnU-Net's intensity augmentations (its default probabilities, ranges scaled to intensities
+/// in [0, 1]) on an `n x n` crop, drawn from a stream of their own seeded by `seed`.
+fn intensity_augment(image: &mut [f32], n: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_1A7E_4517_0001);
+    if rng.random_bool(0.15) {
+        let factor = rng.random_range(0.65f32..=1.5);
+        let mean = image.iter().sum::<f32>() / image.len() as f32;
+        for v in image.iter_mut() {
+            *v = (mean + (*v - mean) * factor).clamp(0.0, 1.0);
+        }
+    }
+    if rng.random_bool(0.15) {
+        let factor = rng.random_range(0.7f32..=1.3);
+        for v in image.iter_mut() {
+            *v = (*v * factor).clamp(0.0, 1.0);
+        }
+    }
+    if rng.random_bool(0.15) {
+        let sigma = rng.random_range(0.0f32..=0.05);
+        for v in image.iter_mut() {
+            // Box-Muller: a standard normal from two uniforms.
+            let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+            *v = (*v + sigma * z).clamp(0.0, 1.0);
+        }
+    }
+    if rng.random_bool(0.2) {
+        let sigma = rng.random_range(0.5f32..=1.0);
+        blur(image, n, sigma);
+    }
+    if rng.random_bool(0.25) {
+        let low = ((n as f32 * rng.random_range(0.5f32..=1.0)).round() as usize).max(1);
+        let small = resize_nearest(image, (n, n), (low, low));
+        image.copy_from_slice(&resize_bilinear(&small, (low, low), (n, n)));
+    }
+}
+
+/// Separable Gaussian blur of an `n x n` image, borders clamped.
+fn blur(image: &mut [f32], n: usize, sigma: f32) {
+    let radius = (3.0 * sigma).ceil() as isize;
+    let taps: Vec<f32> = (-radius..=radius)
+        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = taps.iter().sum();
+    let clamp = |i: isize| i.clamp(0, n as isize - 1) as usize;
+    let mut tmp = vec![0f32; n * n];
+    for y in 0..n {
+        for x in 0..n {
+            tmp[y * n + x] = (-radius..=radius)
+                .zip(&taps)
+                .map(|(d, w)| w * image[y * n + clamp(x as isize + d)])
+                .sum::<f32>()
+                / total;
+        }
+    }
+    for y in 0..n {
+        for x in 0..n {
+            image[y * n + x] = (-radius..=radius)
+                .zip(&taps)
+                .map(|(d, w)| w * tmp[clamp(y as isize + d) * n + x])
+                .sum::<f32>()
+                / total;
+        }
+    }
 }
 
 /// Rotates an `n x n` image (bilinear, zero outside) and mask (nearest) by `angle` radians about
@@ -229,6 +308,31 @@ mod tests {
         let cfg = AugmentConfig::for_crop(32);
         assert_eq!(augment(&s, &cfg, 5)?, augment(&s, &cfg, 5)?);
         assert_ne!(augment(&s, &cfg, 5)?, augment(&s, &cfg, 6)?);
+        Ok(())
+    }
+
+    #[test]
+    fn intensity_augmentation_changes_only_intensities() -> Result<()> {
+        let s = crate::synthetic::phantom(2, 48);
+        let plain = AugmentConfig::for_crop(32);
+        let with = plain.with_intensity(true);
+        let mut changed = 0;
+        for seed in 0..40 {
+            let (a, b) = (augment(&s, &plain, seed)?, augment(&s, &with, seed)?);
+            assert_eq!(a.mask, b.mask, "seed {seed}: the geometry must not change");
+            assert!(b.image.iter().all(|v| (0.0..=1.0).contains(v)));
+            assert_eq!(b, augment(&s, &with, seed)?);
+            changed += usize::from(a.image != b.image);
+        }
+        // Five transforms at p = 0.15-0.25: about 60% of crops get at least one.
+        assert!((12..=36).contains(&changed), "{changed} of 40 changed");
+        // Blur keeps a constant image constant and flattens an edge.
+        let mut flat = vec![0.4f32; 64];
+        blur(&mut flat, 8, 1.0);
+        assert!(flat.iter().all(|v| (v - 0.4).abs() < 1e-6));
+        let mut edge: Vec<f32> = (0..64).map(|i| f32::from(u8::from(i % 8 >= 4))).collect();
+        blur(&mut edge, 8, 1.0);
+        assert!(edge[3] > 0.1 && edge[4] < 0.9 && edge[0] < edge[3]);
         Ok(())
     }
 

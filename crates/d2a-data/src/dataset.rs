@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::readers::{ReadOptions, read_source};
+use crate::readers::{Finish, ReadOptions, read_source_with};
 use crate::{Error, Result, Slice, prepared};
 
 /// Subfolder names tried for the images, in order.
@@ -21,8 +21,18 @@ pub fn subfolders(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 /// ignored), or a folder with `images/` and `masks/` (or `pseudo_masks/`, `labels/`, ...)
 /// read with `opts`.
 pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Vec<Slice>> {
+    read_dataset_with(path, opts, &|s| s)
+}
+
+/// [`read_dataset`], each kept slice passed through `finish` as soon as it is read (training
+/// packs them: [`crate::PackedSlice`]).
+pub fn read_dataset_with<T: Send>(
+    path: &Path,
+    opts: &ReadOptions,
+    finish: Finish<T>,
+) -> Result<Vec<T>> {
     if prepared::is_prepared(path) {
-        return Ok(prepared::read(path)?.1);
+        return Ok(prepared::read_with(path, finish)?.1);
     }
     if !path.is_dir() {
         return Err(Error::NotAFolder {
@@ -38,7 +48,7 @@ pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Vec<Slice>> {
             MASK_DIRS.join(", ")
         )));
     };
-    Ok(read_source(&images, &masks, opts)?.slices)
+    Ok(read_source_with(&images, &masks, opts, finish)?.slices)
 }
 
 #[cfg(test)]

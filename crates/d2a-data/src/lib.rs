@@ -27,4 +27,4 @@ pub mod synthetic;
 
 pub use error::{Error, Result, UnpairedFiles};
 pub use readers::{ReadOptions, ReadResult, read_source};
-pub use slice::{Intensity, Provenance, Slice};
+pub use slice::{HasProvenance, Intensity, PackedSlice, Provenance, Slice};

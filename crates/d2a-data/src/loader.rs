@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::augment::{AugmentConfig, augment};
-use crate::slice::Slice;
+use crate::slice::PackedSlice;
 use crate::{Error, Result};
 
 /// How batches are made.
@@ -68,10 +68,11 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
-/// A dataset of equally sized slices and how to batch it.
+/// A dataset of equally sized slices and how to batch it. The slices are held packed (8-bit
+/// intensities, [`PackedSlice`]) and unpacked one batch at a time by the workers.
 #[derive(Debug, Clone)]
 pub struct Loader {
-    slices: Arc<Vec<Slice>>,
+    slices: Arc<Vec<PackedSlice>>,
     cfg: LoaderConfig,
 }
 
@@ -85,8 +86,10 @@ fn mix(seed: u64, epoch: u64, index: u64) -> u64 {
 }
 
 impl Loader {
-    /// A loader over `slices`, which must be non-empty and all of one size.
-    pub fn new(slices: Vec<Slice>, cfg: LoaderConfig) -> Result<Self> {
+    /// A loader over `slices` (packed, or slices to pack), which must be non-empty and all of
+    /// one size.
+    pub fn new<S: Into<PackedSlice>>(slices: Vec<S>, cfg: LoaderConfig) -> Result<Self> {
+        let slices: Vec<PackedSlice> = slices.into_iter().map(Into::into).collect();
         let first = slices
             .first()
             .ok_or_else(|| Error::Invalid("no slices to load".into()))?;
@@ -105,7 +108,7 @@ impl Loader {
             )));
         }
         if let Some(aug) = &cfg.augment {
-            augment(first, aug, 0)?;
+            augment(&first.unpack(), aug, 0)?;
         }
         Ok(Self {
             slices: Arc::new(slices),
@@ -177,7 +180,7 @@ impl Loader {
 }
 
 fn make_batch(
-    slices: &[Slice],
+    slices: &[PackedSlice],
     cfg: &LoaderConfig,
     indices: &[usize],
     epoch: u64,
@@ -186,16 +189,16 @@ fn make_batch(
     let mut masks = Vec::new();
     let mut side = (0, 0);
     for &i in indices {
-        let s = &slices[i];
+        let s = slices[i].unpack();
         match &cfg.augment {
             Some(aug) => {
-                let a = augment(s, aug, mix(cfg.seed, epoch, i as u64))?;
+                let a = augment(&s, aug, mix(cfg.seed, epoch, i as u64))?;
                 images.extend(a.image);
                 masks.extend(a.mask.iter().map(|&m| f32::from(m)));
                 side = (aug.crop, aug.crop);
             }
             None => {
-                images.extend_from_slice(&s.image);
+                images.extend(s.image);
                 masks.extend(s.mask.iter().map(|&m| f32::from(m)));
                 side = (s.height, s.width);
             }
@@ -301,14 +304,14 @@ mod tests {
         assert_eq!(batches[0].indices, [0, 1]);
         assert_eq!(
             batches[1].images.flatten_all()?.to_vec1::<f32>()?,
-            slices[2].image
+            slices[2].clone().pack().unpack().image
         );
         Ok(())
     }
 
     #[test]
     fn bad_datasets_are_errors() {
-        assert!(Loader::new(vec![], LoaderConfig::eval(2)).is_err());
+        assert!(Loader::new(Vec::<PackedSlice>::new(), LoaderConfig::eval(2)).is_err());
         let mut slices = phantoms(2, 16, 0);
         slices.push(crate::synthetic::phantom(9, 20));
         assert!(

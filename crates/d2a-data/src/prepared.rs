@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::readers::{ReadOptions, ReadResult};
-use crate::slice::{Provenance, Slice};
+use crate::readers::{Finish, ReadOptions, ReadResult};
+use crate::slice::{Provenance, Slice, quantise};
 use crate::{Error, Result};
 
 /// The version of the prepared layout this build reads and writes.
@@ -122,11 +122,7 @@ fn write_into(read: &ReadResult, options: &ReadOptions, dir: &Path) -> Result<Ma
                     s.width
                 )));
             }
-            images.extend(
-                s.image
-                    .iter()
-                    .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8),
-            );
+            images.extend(s.image.iter().map(|&v| quantise(v)));
             masks.extend_from_slice(&s.mask);
         }
         let file = format!("shard-{k:04}.safetensors");
@@ -206,6 +202,11 @@ pub fn is_prepared(dir: &Path) -> bool {
 
 /// Reads a prepared folder: its manifest and every slice.
 pub fn read(dir: &Path) -> Result<(Manifest, Vec<Slice>)> {
+    read_with(dir, &|s| s)
+}
+
+/// [`read`], each slice passed through `finish` as soon as it is read.
+pub fn read_with<T>(dir: &Path, finish: Finish<T>) -> Result<(Manifest, Vec<T>)> {
     let bad = |path: &Path, reason: String| Error::Prepared {
         path: path.to_path_buf(),
         reason,
@@ -286,7 +287,7 @@ pub fn read(dir: &Path) -> Result<(Manifest, Vec<Slice>)> {
             let prov = provenance
                 .next()
                 .ok_or_else(|| bad(&manifest_path, "fewer slice records than slices".into()))?;
-            slices.push(Slice {
+            slices.push(finish(Slice {
                 height: size,
                 width: size,
                 image: images[plane.clone()]
@@ -295,7 +296,7 @@ pub fn read(dir: &Path) -> Result<(Manifest, Vec<Slice>)> {
                     .collect(),
                 mask: masks[plane].to_vec(),
                 provenance: prov.clone(),
-            });
+            }));
         }
     }
     if slices.len() != manifest.n_slices_kept {

@@ -55,6 +55,79 @@ impl Slice {
     }
 }
 
+/// A slice held compactly for training: intensities quantised to 8 bits (`round(255 · v)`, the
+/// precision of the 8-bit sources and of prepared shards), a quarter of the [`Slice`]'s memory.
+/// The loader keeps its whole dataset in this form and unpacks one batch at a time, so memory
+/// grows by one byte per pixel of data, not four.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedSlice {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Intensities in 0..=255 (255 is 1.0).
+    pub image: Vec<u8>,
+    /// 1 where lesion, else 0.
+    pub mask: Vec<u8>,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+/// An intensity in [0, 1] as 8 bits (clamped, rounded to the nearest of 256 levels).
+pub fn quantise(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+impl Slice {
+    /// The slice with its intensities quantised to 8 bits (see [`PackedSlice`]).
+    pub fn pack(self) -> PackedSlice {
+        PackedSlice {
+            height: self.height,
+            width: self.width,
+            image: self.image.iter().map(|&v| quantise(v)).collect(),
+            mask: self.mask,
+            provenance: self.provenance,
+        }
+    }
+}
+
+impl PackedSlice {
+    /// The slice with intensities `v / 255`.
+    pub fn unpack(&self) -> Slice {
+        Slice {
+            height: self.height,
+            width: self.width,
+            image: self.image.iter().map(|&v| f32::from(v) / 255.0).collect(),
+            mask: self.mask.clone(),
+            provenance: self.provenance.clone(),
+        }
+    }
+}
+
+impl From<Slice> for PackedSlice {
+    fn from(slice: Slice) -> Self {
+        slice.pack()
+    }
+}
+
+/// What splits by patient need of a slice, packed or not.
+pub trait HasProvenance {
+    /// Where the slice came from.
+    fn provenance(&self) -> &Provenance;
+}
+
+impl HasProvenance for Slice {
+    fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+}
+
+impl HasProvenance for PackedSlice {
+    fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+}
+
 /// How raw values become intensities in [0, 1] (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -179,6 +252,27 @@ mod tests {
         assert_eq!(Intensity::U8.apply(51.0, 255.0), 0.2);
         assert_eq!("hu".parse::<Intensity>(), Ok(Intensity::Hu));
         assert!("x".parse::<Intensity>().is_err());
+    }
+
+    #[test]
+    fn packing_keeps_8_bit_intensities_exactly_and_rounds_the_rest() {
+        let slice = Slice {
+            height: 1,
+            width: 5,
+            image: vec![0.0, 51.0 / 255.0, 1.0, 0.5, 1.7],
+            mask: vec![0, 1, 1, 0, 1],
+            provenance: Provenance {
+                file: "a.png".into(),
+                volume: "a".into(),
+                slice_idx: 3,
+            },
+        };
+        let packed = slice.clone().pack();
+        assert_eq!(packed.image, [0, 51, 255, 128, 255]);
+        let back = packed.unpack();
+        assert_eq!(&back.image[..3], &slice.image[..3]);
+        assert_eq!(back.image[3], 128.0 / 255.0);
+        assert_eq!((back.mask, back.provenance), (slice.mask, slice.provenance));
     }
 
     #[test]

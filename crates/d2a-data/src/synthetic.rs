@@ -156,12 +156,22 @@ pub fn phantom(seed: u64, size: usize) -> Slice {
 
 /// `n` phantoms, seeds `first_seed..first_seed + n`, that contain lesions.
 pub fn phantoms(n: usize, size: usize, first_seed: u64) -> Vec<Slice> {
+    phantoms_with(n, size, first_seed, &|s| s)
+}
+
+/// [`phantoms`], each passed through `finish` as soon as it is made.
+pub fn phantoms_with<T: Send>(
+    n: usize,
+    size: usize,
+    first_seed: u64,
+    finish: crate::readers::Finish<T>,
+) -> Vec<T> {
     use rayon::prelude::*;
     (first_seed..)
         .take(n)
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|s| phantom(s, size))
+        .map(|s| finish(phantom(s, size)))
         .collect()
 }
 

@@ -50,6 +50,7 @@ pub mod encoders;
 mod error;
 pub mod init;
 mod models;
+pub mod normalise;
 pub mod nn;
 pub mod ops;
 pub mod rab;
@@ -58,7 +59,8 @@ mod segment;
 pub use d2a_unet::{D2AUNet, D2AUNetConfig, Encoder};
 pub use error::{Error, Result};
 pub use models::{Model, ModelConfig, Pretrained};
-pub use segment::{Image, LESION_LOGIT, Normalise, Segmenter, Tta, mask_of_logits, predict_logits};
+pub use normalise::Normalise;
+pub use segment::{Image, LESION_LOGIT, Segmenter, Tta, mask_of_logits, predict_logits};
 
 #[cfg(test)]
 mod test_support;

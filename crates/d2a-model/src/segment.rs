@@ -31,7 +31,7 @@ use crate::checkpoint::format::{InferenceMeta, OPTIM_PREFIX};
 use crate::checkpoint::{load_exact, save_tensors, tensors_of};
 use crate::init::seeded_var_builder;
 use crate::ops::resize_bilinear;
-use crate::{Error, Model, Result};
+use crate::{Error, Model, Normalise, Result};
 
 /// A pixel is lesion where its logit is at least this (probability ≥ 0.5).
 pub const LESION_LOGIT: f32 = 0.0;
@@ -81,63 +81,6 @@ impl<'a> Image<'a> {
     /// `(height, width)`.
     pub fn size(&self) -> (usize, usize) {
         (self.height, self.width)
-    }
-}
-
-/// Intensity normalisation applied to every image before the model sees it, in training and at
-/// inference alike (a checkpoint records its own, `d2a.normalise`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Normalise {
-    /// Pixels as read (the paper's).
-    #[default]
-    None,
-    /// Per image: clip to its 0.5th and 99.5th percentiles and rescale that range to [0, 1]
-    /// (nnU-Net's choice for images not in CT units), so that differently windowed or
-    /// equalised slices look alike.
-    Percentile,
-}
-
-impl Normalise {
-    /// The name in checkpoints and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Percentile => "percentile",
-        }
-    }
-
-    /// Normalises `pixels` in place.
-    pub fn apply(self, pixels: &mut [f32]) {
-        if self == Self::None || pixels.is_empty() {
-            return;
-        }
-        let mut sorted = pixels.to_vec();
-        sorted.sort_by(f32::total_cmp);
-        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-        let (lo, hi) = (at(0.005), at(0.995));
-        let span = hi - lo;
-        for p in pixels.iter_mut() {
-            *p = if span > 0.0 {
-                ((*p - lo) / span).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-        }
-    }
-}
-
-impl std::str::FromStr for Normalise {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "none" => Ok(Self::None),
-            "percentile" => Ok(Self::Percentile),
-            other => Err(format!(
-                "unknown normalisation {other:?}: none or percentile"
-            )),
-        }
     }
 }
 
@@ -346,7 +289,7 @@ impl Segmenter {
             .iter()
             .map(|im| {
                 let mut px = im.pixels.to_vec();
-                self.meta.normalise.apply(&mut px);
+                self.meta.normalise.apply(&mut px, im.size());
                 px
             })
             .collect();
@@ -406,23 +349,6 @@ mod tests {
         assert!(worst < 1e-4, "{worst}");
         assert!(a.iter().zip(&got).any(|(a, g)| (a - g).abs() > 1e-6));
         Ok(())
-    }
-
-    #[test]
-    fn percentile_normalisation_clips_and_rescales() {
-        // 0..=199: the 0.5th and 99.5th percentiles are 1 and 198.
-        let mut px: Vec<f32> = (0..200).map(|v| v as f32).collect();
-        Normalise::Percentile.apply(&mut px);
-        assert_eq!((px[0], px[1], px[198], px[199]), (0.0, 0.0, 1.0, 1.0));
-        assert!((px[100] - 99.0 / 197.0).abs() < 1e-6);
-        let mut flat = vec![0.3f32; 9];
-        Normalise::Percentile.apply(&mut flat);
-        assert!(flat.iter().all(|&v| v == 0.0));
-        let mut same = vec![0.1f32, 0.7];
-        Normalise::None.apply(&mut same);
-        assert_eq!(same, [0.1, 0.7]);
-        assert_eq!("percentile".parse(), Ok(Normalise::Percentile));
-        assert!("zscore".parse::<Normalise>().is_err());
     }
 
     #[test]

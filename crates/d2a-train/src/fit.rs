@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use d2a_data::Slice;
+use d2a_data::{HasProvenance, Slice};
 use d2a_data::loader::Loader;
 use d2a_metrics::{Confusion, Summary};
 use d2a_model::checkpoint::format::{MOMENT_PREFIXES, TRAIN_STATE, read_train_state};
@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::loss::dice_bce;
+use crate::loss::region_bce;
 use crate::optim::{Adam, AdamConfig};
 use crate::schedule::{PlateauConfig, ReduceOnPlateau, Schedule};
 use crate::score::{confusion, for_each_prediction};
@@ -36,6 +36,15 @@ pub struct FitConfig {
     /// Which schedule sets the learning rate (plateau unless a config says otherwise).
     #[serde(default)]
     pub schedule: Schedule,
+    /// β of the loss's region term: 0.5 is soft Dice (the paper's), more weighs missed lesion
+    /// above false alarms (the Tversky loss, [`crate::loss::tversky_loss`]).
+    #[serde(default = "dice_beta")]
+    pub tversky_beta: f64,
+}
+
+/// The β at which the Tversky loss is the soft Dice loss.
+pub const fn dice_beta() -> f64 {
+    0.5
 }
 
 /// One line of `metrics.jsonl`.
@@ -63,12 +72,15 @@ pub struct EpochRecord {
 
 /// Splits slices by volume (never by slice): whole volumes, chosen by `seed`, go to validation
 /// until it holds at least `val_fraction` of the slices. Returns `(train, val)`.
-pub fn split_by_volume(
-    slices: Vec<Slice>,
+pub fn split_by_volume<S: HasProvenance>(
+    slices: Vec<S>,
     val_fraction: f64,
     seed: u64,
-) -> (Vec<Slice>, Vec<Slice>) {
-    let mut volumes: Vec<String> = slices.iter().map(|s| s.provenance.volume.clone()).collect();
+) -> (Vec<S>, Vec<S>) {
+    let mut volumes: Vec<String> = slices
+        .iter()
+        .map(|s| s.provenance().volume.clone())
+        .collect();
     volumes.sort();
     volumes.dedup();
     volumes.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
@@ -80,12 +92,33 @@ pub fn split_by_volume(
         if n_val >= target {
             break;
         }
-        n_val += slices.iter().filter(|s| &s.provenance.volume == v).count();
+        n_val += slices.iter().filter(|s| &s.provenance().volume == v).count();
         val_volumes.insert(v.clone());
     }
     slices
         .into_iter()
-        .partition(|s| !val_volumes.contains(&s.provenance.volume))
+        .partition(|s| !val_volumes.contains(&s.provenance().volume))
+}
+
+/// Splits slices by volume: the volumes named in `val` go to validation, the rest to
+/// training. Returns `(train, val)`, or an error naming a volume the data do not hold.
+pub fn split_named<S: HasProvenance>(slices: Vec<S>, val: &[String]) -> Result<(Vec<S>, Vec<S>)> {
+    let held: std::collections::BTreeSet<&str> = slices
+        .iter()
+        .map(|s| s.provenance().volume.as_str())
+        .collect();
+    if let Some(missing) = val.iter().find(|v| !held.contains(v.as_str())) {
+        let some: Vec<&str> = held.iter().copied().take(8).collect();
+        return Err(Error::Config(format!(
+            "validation volume {missing:?} is not in the training data, whose {} volumes \
+             include {}",
+            held.len(),
+            some.join(", ")
+        )));
+    }
+    Ok(slices
+        .into_iter()
+        .partition(|s| !val.contains(&s.provenance().volume)))
 }
 
 /// Validation data: slices at their own size, predicted at the model's input side.
@@ -104,7 +137,11 @@ pub struct Validation {
 /// Mean per-slice loss and the metrics of `model` (eval mode) on `val`: each slice predicted at
 /// the input side, its logits resized back to the slice's size, and scored there (as the test
 /// set is).
-pub fn evaluate(model: &Model, val: &Validation, lambda: f64) -> Result<(f64, Summary)> {
+pub fn evaluate(
+    model: &Model,
+    val: &Validation,
+    (lambda, beta): (f64, f64),
+) -> Result<(f64, Summary)> {
     let mut counts: Vec<Confusion> = Vec::with_capacity(val.slices.len());
     let mut loss_sum = 0.0;
     let device = &val.device;
@@ -113,10 +150,11 @@ pub fn evaluate(model: &Model, val: &Validation, lambda: f64) -> Result<(f64, Su
         counts.push(confusion(s, &l)?);
         let shape = (1, 1, s.height, s.width);
         let target: Vec<f32> = s.mask.iter().map(|&m| f32::from(m)).collect();
-        let loss = dice_bce(
+        let loss = region_bce(
             &Tensor::from_vec(l, shape, device)?,
             &Tensor::from_vec(target, shape, device)?,
             lambda,
+            beta,
         )?;
         loss_sum += f64::from(loss.to_scalar::<f32>()?);
         Ok::<_, Error>(())
@@ -213,10 +251,11 @@ impl Trainer {
         let total = train.n_batches();
         for batch in train.epoch(epoch as u64) {
             let batch = batch?;
-            let loss = dice_bce(
+            let loss = region_bce(
                 &self.model.forward_t(&batch.images, true)?,
                 &batch.masks,
                 self.cfg.lambda,
+                self.cfg.tversky_beta,
             )?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
@@ -231,7 +270,11 @@ impl Trainer {
             n += 1;
             on_batch(n, total, value);
         }
-        let (val_loss, summary) = evaluate(&self.model, val, self.cfg.lambda)?;
+        let (val_loss, summary) = evaluate(
+            &self.model,
+            val,
+            (self.cfg.lambda, self.cfg.tversky_beta),
+        )?;
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / n.max(1) as f64,
@@ -340,6 +383,7 @@ mod tests {
             adam: AdamConfig::paper(),
             lambda: 1.0,
             plateau: PlateauConfig::paper(),
+            tversky_beta: dice_beta(),
             schedule: Schedule::Plateau,
         };
         let mut trainer = Trainer::new(model, varmap, cfg)?;
@@ -374,5 +418,22 @@ mod tests {
         }
         let (_, val2) = split_by_volume(d2a_data::synthetic::phantoms(40, 8, 0), 0.2, 1);
         assert_eq!(val.len(), val2.len());
+    }
+
+    #[test]
+    fn named_split_holds_out_exactly_the_named_volumes() {
+        let slices = d2a_data::synthetic::phantoms(40, 8, 0);
+        let names: Vec<String> = {
+            let mut v: Vec<String> = slices.iter().map(|s| s.provenance.volume.clone()).collect();
+            v.dedup();
+            v
+        };
+        let held = vec![names[1].clone(), names[3].clone()];
+        let (train, val) = split_named(slices.clone(), &held).unwrap();
+        assert_eq!((train.len(), val.len()), (24, 16));
+        assert!(val.iter().all(|s| held.contains(&s.provenance.volume)));
+        assert!(train.iter().all(|s| !held.contains(&s.provenance.volume)));
+        let err = split_named(slices, &["no-such-volume".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("\"no-such-volume\" is not in the training data"));
     }
 }

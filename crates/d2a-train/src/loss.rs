@@ -30,11 +30,64 @@ pub fn dice_bce(logits: &Tensor, t: &Tensor, lambda: f64) -> Result<Tensor> {
     soft_dice_loss(logits, t)? + (bce_with_logits(logits, t)? * lambda)?
 }
 
+/// The Tversky loss over the whole batch: `1 − (I + ε/2) / (I + (1 − β)·FP + β·FN + ε/2)` with
+/// soft counts `I = Σ p·y`, `FP = Σ p·(1 − y)`, `FN = Σ (1 − p)·y`, ε = 1. β = 0.5 is the soft
+/// Dice loss; β > 0.5 weighs missed lesion above false alarms (a cure for under-segmentation).
+pub fn tversky_loss(logits: &Tensor, t: &Tensor, beta: f64) -> Result<Tensor> {
+    const HALF_EPS: f64 = 0.5;
+    let p = candle_nn::ops::sigmoid(logits)?;
+    let inter = (&p * t)?.sum_all()?;
+    let fp = (p.sum_all()? - &inter)?;
+    let fn_ = (t.sum_all()? - &inter)?;
+    let denom = (((&inter + (fp * (1.0 - beta))?)? + (fn_ * beta)?)? + HALF_EPS)?;
+    ((inter + HALF_EPS)? / denom)?.affine(-1.0, 1.0)
+}
+
+/// The training loss: [`dice_bce`] when `beta` is 0.5 (the paper's), else
+/// `tversky_loss(beta) + lambda · bce_with_logits`.
+pub fn region_bce(logits: &Tensor, t: &Tensor, lambda: f64, beta: f64) -> Result<Tensor> {
+    if beta == 0.5 {
+        return dice_bce(logits, t, lambda);
+    }
+    tversky_loss(logits, t, beta)? + (bce_with_logits(logits, t)? * lambda)?
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+
+    #[test]
+    fn tversky_at_one_half_is_dice_and_weighs_misses_above_it() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[2.0f32, -1.0, 0.5, -3.0, 1.5, 0.0]], &dev)?;
+        let t = Tensor::new(&[[1.0f32, 1.0, 0.0, 1.0, 1.0, 0.0]], &dev)?;
+        let dice = soft_dice_loss(&x, &t)?.to_scalar::<f32>()?;
+        let half = tversky_loss(&x, &t, 0.5)?.to_scalar::<f32>()?;
+        assert!((dice - half).abs() < 1e-6, "{dice} {half}");
+        // By hand, in f64: the soft counts and the index at β = 0.8.
+        let p: Vec<f64> = [2.0f64, -1.0, 0.5, -3.0, 1.5, 0.0]
+            .iter()
+            .map(|v| 1.0 / (1.0 + (-v).exp()))
+            .collect();
+        let y = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0];
+        let i: f64 = p.iter().zip(&y).map(|(p, y)| p * y).sum();
+        let (fp, fn_) = (p.iter().sum::<f64>() - i, y.iter().sum::<f64>() - i);
+        let want = 1.0 - (i + 0.5) / (i + 0.2 * fp + 0.8 * fn_ + 0.5);
+        let got = tversky_loss(&x, &t, 0.8)?.to_scalar::<f32>()?;
+        assert!((f64::from(got) - want).abs() < 1e-6, "{got} {want}");
+        // This batch misses more lesion than it invents, so β = 0.8 costs more than Dice.
+        assert!(fn_ > fp && f64::from(got) > f64::from(dice));
+        let both = region_bce(&x, &t, 1.0, 0.8)?.to_scalar::<f32>()?;
+        let bce = bce_with_logits(&x, &t)?.to_scalar::<f32>()?;
+        assert!((both - got - bce).abs() < 1e-6);
+        assert_eq!(
+            region_bce(&x, &t, 1.0, 0.5)?.to_scalar::<f32>()?,
+            dice_bce(&x, &t, 1.0)?.to_scalar::<f32>()?
+        );
+        Ok(())
+    }
 
     /// PyTorch's `binary_cross_entropy_with_logits` on a `[2, 1, 6, 5]` batch with logits of
     /// ±40 and 25 (`shared/fixtures/ops_io.safetensors`, keys `bce.*`, carried here so the test

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use d2a_data::augment::AugmentConfig;
-use d2a_data::dataset::read_dataset;
+use d2a_data::dataset::{read_dataset, read_dataset_with};
 use d2a_data::loader::{Loader, LoaderConfig};
-use d2a_data::{ReadOptions, Slice};
+use d2a_data::{PackedSlice, ReadOptions, Slice};
 use d2a_metrics::Report;
 use d2a_model::checkpoint::format::{InferenceMeta, logit_of};
 use d2a_model::checkpoint::{load_exact, write_atomic};
@@ -23,7 +23,7 @@ use d2a_model::{Normalise, Tta};
 use serde::{Deserialize, Serialize};
 
 use crate::curves::write_curves;
-use crate::fit::{EpochRecord, FitConfig, Trainer, Validation, split_by_volume};
+use crate::fit::{EpochRecord, FitConfig, Trainer, Validation, split_by_volume, split_named};
 use crate::score::{confusion_at, evaluate_slices, for_each_prediction};
 use crate::{Error, Result};
 
@@ -67,6 +67,10 @@ pub struct RunConfig {
     pub seed: u64,
     /// Least fraction of the training slices (whole volumes) held out for validation.
     pub val_fraction: f64,
+    /// The volumes held out for validation, by name; empty: chosen by `seed` until they hold
+    /// `val_fraction` of the slices.
+    #[serde(default)]
+    pub val_volumes: Vec<String>,
     /// Epochs, optimiser, loss weight and schedule.
     pub fit: FitConfig,
     /// After the last epoch, choose the lesion probability threshold that maximises the mean
@@ -78,6 +82,10 @@ pub struct RunConfig {
     /// recorded in the checkpoints so that `eval` and `predict` apply the same.
     #[serde(default)]
     pub normalise: Normalise,
+    /// nnU-Net's intensity augmentations (contrast, brightness, noise, blur, low resolution) on
+    /// top of the paper's (off: the paper's).
+    #[serde(default)]
+    pub intensity_augment: bool,
 }
 
 /// How a run folder that already holds a run is treated.
@@ -368,7 +376,11 @@ impl Plan {
     fn read_data(&self, observer: &mut dyn Observer) -> Result<(Loader, Validation)> {
         let cfg = &self.cfg;
         let slices = load_train(cfg, observer)?;
-        let (train, val) = split_by_volume(slices, cfg.val_fraction, cfg.seed);
+        let (train, val) = if cfg.val_volumes.is_empty() {
+            split_by_volume(slices, cfg.val_fraction, cfg.seed)
+        } else {
+            split_named(slices, &cfg.val_volumes)?
+        };
         if train.is_empty() || val.is_empty() {
             return Err(Error::Config(format!(
                 "the training data must hold at least two volumes (one for validation): got {} \
@@ -377,10 +389,10 @@ impl Plan {
                 val.len()
             )));
         }
-        let augment = AugmentConfig::for_crop(cfg.size);
+        let augment = AugmentConfig::for_crop(cfg.size).with_intensity(cfg.intensity_augment);
         let loader = Loader::new(train, LoaderConfig::train(cfg.batch, cfg.seed, augment))?;
         let val = Validation {
-            slices: val,
+            slices: val.iter().map(PackedSlice::unpack).collect(),
             input: self.input_size(),
             batch: cfg.batch,
             device: self.device.clone(),
@@ -562,26 +574,35 @@ pub fn eval_side(crop: usize, model: &ModelConfig) -> usize {
 /// Applies `normalise` to every slice's image.
 pub fn normalise_all(slices: &mut [Slice], normalise: Normalise) {
     for s in slices {
-        normalise.apply(&mut s.image);
+        normalise.apply(&mut s.image, (s.height, s.width));
     }
 }
 
-fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Slice>> {
-    let mut slices = match &cfg.train {
-        TrainData::Synthetic { slices, size } => {
-            d2a_data::synthetic::phantoms(*slices, *size, cfg.seed.wrapping_mul(1_000_003))
-        }
+/// The training data, each slice normalised and packed (8-bit) as it is read, so that the
+/// dataset is never held as `f32`.
+fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<PackedSlice>> {
+    let finish = |mut s: Slice| {
+        cfg.normalise.apply(&mut s.image, (s.height, s.width));
+        s.pack()
+    };
+    match &cfg.train {
+        TrainData::Synthetic { slices, size } => Ok(d2a_data::synthetic::phantoms_with(
+            *slices,
+            *size,
+            cfg.seed.wrapping_mul(1_000_003),
+            &finish,
+        )),
         TrainData::Folder { path } => {
             observer.message(&format!("reading {}", path.display()));
-            read_dataset(path, &ReadOptions::paper()).map_err(|source| Error::Data {
-                what: "reading the training data",
-                path: path.clone(),
-                source: Box::new(source),
-            })?
+            read_dataset_with(path, &ReadOptions::paper(), &finish).map_err(|source| {
+                Error::Data {
+                    what: "reading the training data",
+                    path: path.clone(),
+                    source: Box::new(source),
+                }
+            })
         }
-    };
-    normalise_all(&mut slices, cfg.normalise);
-    Ok(slices)
+    }
 }
 
 /// `metrics.jsonl` from the whole history, rewritten atomically (so a resumed run never

@@ -38,6 +38,15 @@ fn threshold(text: &str) -> Result<f64, String> {
     d2a_model::checkpoint::format::parse_threshold(text)
 }
 
+/// A number strictly between 0 and 1 (a loss weight).
+pub fn unit_interval(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| d2a_model::checkpoint::format::is_threshold(*v))
+        .ok_or_else(|| format!("{text:?} is not a number strictly between 0 and 1"))
+}
+
 impl CheckpointArgs {
     /// Builds the checkpoint's model and loads its weights, as `d2a predict` and `d2a eval`
     /// run it.

@@ -54,11 +54,21 @@ pub struct Args {
     /// without improvement of the validation loss) or cosine (decay to 0 over --epochs).
     #[arg(long, default_value = "plateau")]
     pub schedule: Schedule,
-    /// Per-image intensity normalisation of every slice: none (the paper's) or percentile (clip
-    /// to the 0.5th-99.5th percentiles, rescale to [0, 1]); recorded in the checkpoints, so eval
-    /// and predict apply the same.
+    /// β of the loss's region term: 0.5 is soft Dice (the paper's Dice + BCE); above 0.5 the
+    /// Tversky loss, which counts a missed lesion pixel β/(1-β) times a false alarm (against
+    /// under-segmentation; 0.7 is common).
+    #[arg(long, default_value_t = 0.5, value_parser = super::unit_interval)]
+    pub tversky_beta: f64,
+    /// Per-image intensity normalisation of every slice: none (the paper's), percentile (clip
+    /// to the 0.5th-99.5th percentiles, rescale to [0, 1]) or clahe (min-max to 8 bits, then
+    /// OpenCV's CLAHE with clip limit 7 on 8x8 tiles, as ma20-radiologist-256 was made);
+    /// recorded in the checkpoints, so eval and predict apply the same.
     #[arg(long, default_value = "none")]
     pub normalise: d2a_model::Normalise,
+    /// Add nnU-Net's intensity augmentations to the paper's: contrast, brightness, Gaussian
+    /// noise, blur and low resolution, each drawn with nnU-Net's probability.
+    #[arg(long)]
+    pub intensity_augment: bool,
     /// After the last epoch, choose the lesion probability threshold with the best validation
     /// Dice, record it in best.safetensors (eval and predict use it) and test with it.
     #[arg(long)]
@@ -69,6 +79,10 @@ pub struct Args {
     /// Least fraction of the training slices held out (whole volumes) for validation.
     #[arg(long, default_value_t = 0.15)]
     pub val_fraction: f64,
+    /// Hold out exactly these volumes (comma-separated names: a NIfTI file's stem, a slice
+    /// folder's volume column) for validation, instead of a seeded choice.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', conflicts_with = "val_fraction")]
+    pub val_volumes: Vec<String>,
     /// Synthetic phantoms to generate (8 per synthetic volume).
     #[arg(long, default_value_t = 128)]
     pub slices: usize,
@@ -86,8 +100,8 @@ pub struct Args {
     /// epochs in all (recorded in config.json).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay", "schedule",
-        "threshold_on_val", "normalise",
-        "patience", "val_fraction", "slices", "seed", "repeats", "out", "force",
+        "threshold_on_val", "normalise", "tversky_beta", "intensity_augment",
+        "patience", "val_fraction", "val_volumes", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
     /// Replace a run already in the output folder.
@@ -213,6 +227,7 @@ impl Args {
             batch: pick(self.batch, 6, 4),
             seed,
             val_fraction: self.val_fraction,
+            val_volumes: self.val_volumes.clone(),
             fit: FitConfig {
                 epochs: pick(self.epochs, 30, 16),
                 adam: AdamConfig {
@@ -226,9 +241,11 @@ impl Args {
                     ..PlateauConfig::paper()
                 },
                 schedule: self.schedule,
+                tversky_beta: self.tversky_beta,
             },
             threshold_on_val: self.threshold_on_val,
             normalise: self.normalise,
+            intensity_augment: self.intensity_augment,
         })
     }
 

@@ -59,18 +59,34 @@ impl ReadOptions {
     }
 }
 
-/// What a read produced.
-#[derive(Debug, Clone, Default)]
-pub struct ReadResult {
+/// What a read produced: slices as read ([`Slice`]), or each turned into `T` by the reader's
+/// caller as soon as it is read (the `_with` readers), so that a whole dataset is never held as
+/// `f32` when its user keeps something smaller.
+#[derive(Debug, Clone)]
+pub struct ReadResult<T = Slice> {
     /// Volumes read (each 2-D file of a slice folder counts once towards its volume id).
     pub n_volumes: usize,
     /// Slices seen, before dropping those without lesion.
     pub n_slices_total: usize,
     /// The kept slices, resized.
-    pub slices: Vec<Slice>,
+    pub slices: Vec<T>,
     /// Every source file read, with its size in bytes.
     pub sources: Vec<(PathBuf, u64)>,
 }
+
+impl<T> Default for ReadResult<T> {
+    fn default() -> Self {
+        Self {
+            n_volumes: 0,
+            n_slices_total: 0,
+            slices: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// What a `_with` reader applies to each slice kept (resized) as it is read.
+pub type Finish<'a, T> = &'a (dyn Fn(Slice) -> T + Sync);
 
 /// Whether `path` names a NIfTI file.
 pub fn is_nifti(path: &Path) -> bool {
@@ -101,8 +117,18 @@ pub fn file_stem(path: &Path) -> String {
 
 /// Reads images and masks from files or folders; see the module docs.
 pub fn read_source(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<ReadResult> {
+    read_source_with(images, masks, opts, &|s| s)
+}
+
+/// [`read_source`], each kept slice passed through `finish` as soon as it is read.
+pub fn read_source_with<T: Send>(
+    images: &Path,
+    masks: &Path,
+    opts: &ReadOptions,
+    finish: Finish<T>,
+) -> Result<ReadResult<T>> {
     if images.is_file() {
-        let vol = read_nifti_pair(images, masks, opts)?;
+        let vol = read_nifti_pair_with(images, masks, opts, finish)?;
         return Ok(ReadResult {
             n_volumes: 1,
             ..vol
@@ -110,7 +136,7 @@ pub fn read_source(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<Re
     }
     let nifti_files = list_nifti(images)?;
     if nifti_files.is_empty() {
-        return read_slice_folders(images, masks, opts);
+        return read_slice_folders_with(images, masks, opts, finish);
     }
     let mask_files = list_nifti(masks)?;
     let mut only_images = Vec::new();
@@ -138,7 +164,7 @@ pub fn read_source(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<Re
     }
     let mut out = ReadResult::default();
     for (img, mask) in pairs {
-        let vol = read_nifti_pair(&img, &mask, opts)?;
+        let vol = read_nifti_pair_with(&img, &mask, opts, finish)?;
         out.n_volumes += 1;
         out.n_slices_total += vol.n_slices_total;
         out.slices.extend(vol.slices);
@@ -189,6 +215,16 @@ impl RawVolume {
 /// Reads one image volume and its mask volume: slices along z, transposed to display
 /// orientation (row = y, column = x), every non-zero label merged into lesion.
 pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<ReadResult> {
+    read_nifti_pair_with(image, mask, opts, &|s| s)
+}
+
+/// [`read_nifti_pair`], each kept slice passed through `finish` as soon as it is read.
+pub fn read_nifti_pair_with<T: Send>(
+    image: &Path,
+    mask: &Path,
+    opts: &ReadOptions,
+    finish: Finish<T>,
+) -> Result<ReadResult<T>> {
     let vol = read_volume(image)?;
     let mask_vol = read_volume(mask)?;
     let full_scale = DISPLAY_FULL_SCALE;
@@ -210,7 +246,7 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
     }
     let (values, labels) = (vol.values, mask_vol.values);
     let volume = file_stem(image);
-    let slices: Vec<Slice> = (0..z)
+    let slices: Vec<T> = (0..z)
         .into_par_iter()
         .filter_map(|s| {
             // Stored index (x, y) = x + y·X; display pixel (row r, col c) = stored (x = c, y = r).
@@ -234,7 +270,7 @@ pub fn read_nifti_pair(image: &Path, mask: &Path, opts: &ReadOptions) -> Result<
                     slice_idx: s,
                 },
             };
-            (opts.keep_empty || slice.has_lesion()).then(|| opts.resize(slice))
+            (opts.keep_empty || slice.has_lesion()).then(|| finish(opts.resize(slice)))
         })
         .collect();
     let sources = [image, mask]
@@ -284,8 +320,18 @@ pub fn mask_from_gray(map: &GrayMap) -> Vec<u8> {
 
 /// Reads two folders of 2-D images paired by stem.
 pub fn read_slice_folders(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<ReadResult> {
+    read_slice_folders_with(images, masks, opts, &|s| s)
+}
+
+/// [`read_slice_folders`], each kept slice passed through `finish` as soon as it is read.
+pub fn read_slice_folders_with<T: Send>(
+    images: &Path,
+    masks: &Path,
+    opts: &ReadOptions,
+    finish: Finish<T>,
+) -> Result<ReadResult<T>> {
     let pairs = pair_by_stem((images, "image"), (masks, "mask"))?;
-    let read = |pair: &crate::slice_files::SlicePair| -> Result<Option<Slice>> {
+    let read = |pair: &crate::slice_files::SlicePair| -> Result<Option<T>> {
         let img = GrayMap::read(&pair.left)?;
         let msk = GrayMap::read(&pair.right)?;
         if img.size() != msk.size() {
@@ -310,9 +356,9 @@ pub fn read_slice_folders(images: &Path, masks: &Path, opts: &ReadOptions) -> Re
                 slice_idx: 0,
             },
         };
-        Ok((opts.keep_empty || slice.has_lesion()).then(|| opts.resize(slice)))
+        Ok((opts.keep_empty || slice.has_lesion()).then(|| finish(opts.resize(slice))))
     };
-    let read_all: Vec<Option<Slice>> = pairs.par_iter().map(read).collect::<Result<_>>()?;
+    let read_all: Vec<Option<T>> = pairs.par_iter().map(read).collect::<Result<_>>()?;
     let mut volumes: Vec<String> = pairs.iter().map(|p| volume_of_stem(&p.stem)).collect();
     volumes.sort();
     volumes.dedup();
