@@ -1067,3 +1067,56 @@ fn cosine_schedule_threshold_on_validation_and_tta() {
         .collect();
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn recipe_options_are_recorded_and_bad_ones_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = train_tiny(
+        &run,
+        &[
+            "-q",
+            "--normalise",
+            "clahe",
+            "--tversky-beta",
+            "0.7",
+            "--intensity-augment",
+            "--val-volumes",
+            "phantom-1",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_success(&out);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["normalise"], "clahe");
+    assert_eq!(cfg["fit"]["tversky_beta"], 0.7);
+    assert_eq!(cfg["intensity_augment"], true);
+    assert_eq!(cfg["val_volumes"], serde_json::json!(["phantom-1"]));
+    let meta = d2a_model::checkpoint::read_metadata(&run.join("best.safetensors")).unwrap();
+    assert_eq!(meta["d2a.normalise"], "clahe");
+
+    let other = tmp.path().join("other");
+    let other_s = other.to_str().unwrap();
+    let base = [
+        "train", "--epochs", "1", "--slices", "16", "--size", "32", "--out", other_s,
+    ];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { base.iter().chain(extra).copied().collect() };
+    fails_with(
+        &with(&["--val-volumes", "phantom-9"]),
+        &["\"phantom-9\" is not in the training data", "phantom-0"],
+    );
+    fails_with(
+        &with(&["--tversky-beta", "1.5"]),
+        &["--tversky-beta", "between 0 and 1"],
+    );
+    fails_with(&with(&["--device", "gpu"]), &["unknown device \"gpu\""]);
+    #[cfg(not(feature = "cuda"))]
+    fails_with(
+        &with(&["--device", "cuda:1"]),
+        &["cuda:1", "--features cuda"],
+    );
+    assert!(!other.exists(), "a refused run left a folder");
+}

@@ -60,6 +60,14 @@ pub enum Error {
         /// The model's name in the paper.
         model: &'static str,
     },
+    /// A device that this build cannot open, or that did not open.
+    #[error("cannot run on {spec}: {reason}")]
+    Device {
+        /// The device asked for (`cuda:0`).
+        spec: String,
+        /// Why not.
+        reason: String,
+    },
     /// A model configuration or input that cannot work.
     #[error("{0}")]
     Invalid(String),

@@ -116,7 +116,13 @@ fn stretch_to_u8(pixels: &[f32]) -> Vec<u8> {
 /// takes the bilinear blend of its four nearest tiles' tables, rounded.
 fn clahe(src: &[u8], (height, width): (usize, usize), clip: f32, tiles: usize) -> Vec<u8> {
     const BINS: usize = 256;
-    let pad = |n: usize| if n % tiles == 0 { n } else { n + tiles - n % tiles };
+    let pad = |n: usize| {
+        if n % tiles == 0 {
+            n
+        } else {
+            n + tiles - n % tiles
+        }
+    };
     let (ext_h, ext_w) = (pad(height), pad(width));
     let (tile_h, tile_w) = (ext_h / tiles, ext_w / tiles);
     // BORDER_REFLECT_101 for the rows and columns past the end (at most `tiles - 1` of them;
@@ -268,7 +274,10 @@ mod tests {
         Normalise::Clahe.apply(&mut b, (h, w));
         let after = mean_gap(&a, &b);
         // Measured: 0.119 before, 0.036 after.
-        assert!(after < before / 3.0, "gap {before} before CLAHE, {after} after");
+        assert!(
+            after < before / 3.0,
+            "gap {before} before CLAHE, {after} after"
+        );
         assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
         let mut flat = vec![0.4f32; 12];
         Normalise::Clahe.apply(&mut flat, (3, 4));

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use d2a_data::{HasProvenance, Slice};
 use d2a_data::loader::Loader;
+use d2a_data::{HasProvenance, Slice};
 use d2a_metrics::{Confusion, Summary};
 use d2a_model::checkpoint::format::{MOMENT_PREFIXES, TRAIN_STATE, read_train_state};
 use d2a_model::checkpoint::{load_exact, read_tensors, save_tensors, tensors_of, trainable_vars};
@@ -92,7 +92,10 @@ pub fn split_by_volume<S: HasProvenance>(
         if n_val >= target {
             break;
         }
-        n_val += slices.iter().filter(|s| &s.provenance().volume == v).count();
+        n_val += slices
+            .iter()
+            .filter(|s| &s.provenance().volume == v)
+            .count();
         val_volumes.insert(v.clone());
     }
     slices
@@ -198,6 +201,8 @@ impl TrainState {
 pub struct Trainer {
     model: Model,
     varmap: VarMap,
+    /// Where the variables live; batches are moved there.
+    device: Device,
     names: Vec<String>,
     opt: Adam,
     cfg: FitConfig,
@@ -209,9 +214,11 @@ impl Trainer {
     /// A trainer for `model`, built over `varmap`, with fresh optimiser state.
     pub fn new(model: Model, varmap: VarMap, cfg: FitConfig) -> Result<Self> {
         let (names, vars): (Vec<String>, Vec<Var>) = trainable_vars(&varmap).into_iter().unzip();
+        let device = vars.first().map_or(Device::Cpu, |v| v.device().clone());
         let opt = Adam::new(vars, cfg.adam)?;
         Ok(Self {
             model,
+            device,
             varmap,
             names,
             opt,
@@ -252,8 +259,10 @@ impl Trainer {
         for batch in train.epoch(epoch as u64) {
             let batch = batch?;
             let loss = region_bce(
-                &self.model.forward_t(&batch.images, true)?,
-                &batch.masks,
+                &self
+                    .model
+                    .forward_t(&batch.images.to_device(&self.device)?, true)?,
+                &batch.masks.to_device(&self.device)?,
                 self.cfg.lambda,
                 self.cfg.tversky_beta,
             )?;
@@ -270,11 +279,8 @@ impl Trainer {
             n += 1;
             on_batch(n, total, value);
         }
-        let (val_loss, summary) = evaluate(
-            &self.model,
-            val,
-            (self.cfg.lambda, self.cfg.tversky_beta),
-        )?;
+        let (val_loss, summary) =
+            evaluate(&self.model, val, (self.cfg.lambda, self.cfg.tversky_beta))?;
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / n.max(1) as f64,
@@ -434,6 +440,9 @@ mod tests {
         assert!(val.iter().all(|s| held.contains(&s.provenance.volume)));
         assert!(train.iter().all(|s| !held.contains(&s.provenance.volume)));
         let err = split_named(slices, &["no-such-volume".to_string()]).unwrap_err();
-        assert!(err.to_string().contains("\"no-such-volume\" is not in the training data"));
+        assert!(
+            err.to_string()
+                .contains("\"no-such-volume\" is not in the training data")
+        );
     }
 }

@@ -158,6 +158,7 @@ pub fn run(
     cfg: &RunConfig,
     dir: &Path,
     existing: Existing,
+    device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<RunOutcome> {
     let folder = RunFolder(dir.to_path_buf());
@@ -167,11 +168,11 @@ pub fn run(
             if let Some(n) = epochs {
                 cfg.fit.epochs = n;
             }
-            Plan::new(cfg).map_err(|e| folder.problem(&format!("config.json: {e}")))?
+            Plan::new(cfg, device).map_err(|e| folder.problem(&format!("config.json: {e}")))?
         }
         Existing::Refuse | Existing::Overwrite => {
             folder.check_free(existing)?;
-            Plan::new(cfg.clone())?
+            Plan::new(cfg.clone(), device)?
         }
     };
     let (train, val) = plan.read_data(observer)?;
@@ -289,7 +290,7 @@ struct Plan {
 
 impl Plan {
     /// Checks every setting of `cfg` (and that the files it names exist) before any work.
-    fn new(cfg: RunConfig) -> Result<Self> {
+    fn new(cfg: RunConfig, device: &Device) -> Result<Self> {
         let model = ModelConfig::parse(&cfg.model)?;
         model.check_side("--size", cfg.size)?;
         if cfg.batch == 0 || cfg.fit.epochs == 0 {
@@ -328,7 +329,7 @@ impl Plan {
         let plan = Self {
             cfg,
             model,
-            device: Device::Cpu,
+            device: device.clone(),
         };
         plan.check_backbone()?;
         Ok(plan)
@@ -594,12 +595,10 @@ fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Packed
         )),
         TrainData::Folder { path } => {
             observer.message(&format!("reading {}", path.display()));
-            read_dataset_with(path, &ReadOptions::paper(), &finish).map_err(|source| {
-                Error::Data {
-                    what: "reading the training data",
-                    path: path.clone(),
-                    source: Box::new(source),
-                }
+            read_dataset_with(path, &ReadOptions::paper(), &finish).map_err(|source| Error::Data {
+                what: "reading the training data",
+                path: path.clone(),
+                source: Box::new(source),
             })
         }
     }

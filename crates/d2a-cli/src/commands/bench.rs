@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use d2a_model::checkpoint::trainable_vars;
 use d2a_model::init::seeded_var_builder;
@@ -48,6 +48,9 @@ pub struct Args {
     /// or `train` (forward + both gradients).
     #[arg(long, value_enum)]
     pub op: Option<Op>,
+    /// Where it runs: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: d2a_model::DeviceSpec,
     /// Every convolution on candle 0.11's own conv2d instead of d2a's kernel, for comparison
     /// (a model's other ops stay d2a's).
     #[arg(long)]
@@ -141,7 +144,7 @@ impl Args {
         }
         let cfg = ModelConfig::parse(&self.model)?;
         cfg.check_side("--size", self.size)?;
-        let dev = Device::Cpu;
+        let dev = self.device.open()?;
         let varmap = VarMap::new();
         let model = Model::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &dev))?;
         let shape = (self.batch, 1, self.size, self.size);
@@ -165,6 +168,7 @@ impl Args {
                     opt.backward_step(&loss)?;
                 }
             }
+            dev.synchronize()?;
             Ok(start.elapsed().as_secs_f64())
         };
         let name = if self.candle {
@@ -177,7 +181,7 @@ impl Args {
 
     /// One 3x3 convolution, batch 1, 128 channels, 64x64.
     fn measure_op(&self, op: Op) -> Result<BenchReport> {
-        let dev = Device::Cpu;
+        let dev = self.device.open()?;
         let (groups, dilation) = op.geometry();
         let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1f32, (1, 128, 64, 64), &dev)?)?;
         let w = candle_core::Var::from_tensor(&Tensor::randn(
@@ -193,6 +197,7 @@ impl Args {
             if self.mode == Mode::Train {
                 y.sum_all()?.backward()?;
             }
+            dev.synchronize()?;
             Ok(start.elapsed().as_secs_f64())
         };
         let name = serde_json::to_value(op)?

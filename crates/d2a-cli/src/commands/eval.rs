@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use d2a_data::ReadOptions;
 use d2a_data::dataset::read_dataset;
 use d2a_metrics::Report;
@@ -40,7 +39,7 @@ impl Args {
         if let Some(dir) = &self.overlays {
             super::check_output("--overlays", dir, &inputs)?;
         }
-        let device = Device::Cpu;
+        let device = self.model.device.open()?;
         let segmenter = self.model.load(&device)?;
         // Every slice, scored at its own size (as published scores are).
         let mut slices = read_dataset(&self.data, &ReadOptions::native())

@@ -32,6 +32,9 @@ pub struct CheckpointArgs {
     /// validation and recorded in the checkpoint, else 0.5].
     #[arg(long, value_parser = threshold)]
     pub threshold: Option<f64>,
+    /// Where the model runs: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: d2a_model::DeviceSpec,
 }
 
 fn threshold(text: &str) -> Result<f64, String> {

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use d2a_data::Intensity;
 use d2a_data::inputs::{Input, read_input, write_mask_volume};
 use d2a_data::readers::{file_stem, is_nifti};
@@ -71,7 +70,7 @@ impl Args {
         self.check()?;
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("creating the output folder {}", self.out.display()))?;
-        let device = Device::Cpu;
+        let device = self.model.device.open()?;
         let segmenter = self.model.load(&device)?;
         let bar = super::progress(self.inputs.len(), "predict", quiet || self.inputs.len() < 2);
         for path in &self.inputs {

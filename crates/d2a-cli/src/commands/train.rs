@@ -81,7 +81,12 @@ pub struct Args {
     pub val_fraction: f64,
     /// Hold out exactly these volumes (comma-separated names: a NIfTI file's stem, a slice
     /// folder's volume column) for validation, instead of a seeded choice.
-    #[arg(long, value_name = "NAMES", value_delimiter = ',', conflicts_with = "val_fraction")]
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        conflicts_with = "val_fraction"
+    )]
     pub val_volumes: Vec<String>,
     /// Synthetic phantoms to generate (8 per synthetic volume).
     #[arg(long, default_value_t = 128)]
@@ -104,6 +109,10 @@ pub struct Args {
         "patience", "val_fraction", "val_volumes", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
+    /// Where training runs: cpu, or cuda / cuda:N in a build with the `cuda` feature (a run
+    /// may be resumed on another device).
+    #[arg(long, default_value = "cpu")]
+    pub device: d2a_model::DeviceSpec,
     /// Replace a run already in the output folder.
     #[arg(long)]
     pub force: bool,
@@ -140,6 +149,7 @@ impl Args {
     /// Trains and reports.
     pub fn run(self) -> Result<()> {
         let start = Instant::now();
+        let device = self.device.open()?;
         let mut observer = Console::new(self.quiet);
         if let Some(dir) = &self.resume {
             let outcome = run(
@@ -148,6 +158,7 @@ impl Args {
                 Existing::Resume {
                     epochs: self.epochs,
                 },
+                &device,
                 &mut observer,
             )?;
             observer.done();
@@ -177,7 +188,7 @@ impl Args {
             let cfg = self.config(seed)?;
             if !self.quiet {
                 println!(
-                    "d2a train: {} on {}, {} epochs, batch {}, {}x{} crops, lr {:e}, seed {seed}, CPU -> {}",
+                    "d2a train: {} on {}, {} epochs, batch {}, {}x{} crops, lr {:e}, seed {seed}, {} -> {}",
                     cfg.model,
                     describe(&cfg.train),
                     cfg.fit.epochs,
@@ -185,10 +196,11 @@ impl Args {
                     cfg.size,
                     cfg.size,
                     cfg.fit.adam.lr,
+                    self.device,
                     dir.display()
                 );
             }
-            let outcome = run(&cfg, &dir, existing, &mut observer)?;
+            let outcome = run(&cfg, &dir, existing, &device, &mut observer)?;
             observer.done();
             report(&outcome, start);
             outcomes.push(outcome);
