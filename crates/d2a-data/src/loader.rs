@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::augment::{AugmentConfig, augment};
-use crate::slice::PackedSlice;
+use crate::slice::{PackedSlice, Slice};
 use crate::{Error, Result};
 
 /// How batches are made.
@@ -29,6 +29,9 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches each worker may have ready ahead of the consumer (bounds memory).
     pub prefetch: usize,
+    /// Side every slice is resized to (bilinear image, nearest mask) before anything else, so
+    /// that the loader can hold slices at their own sizes; `None`: slices must share one size.
+    pub side: Option<usize>,
 }
 
 impl LoaderConfig {
@@ -41,6 +44,7 @@ impl LoaderConfig {
             shuffle: true,
             workers: 2,
             prefetch: 2,
+            side: None,
         }
     }
 
@@ -53,6 +57,15 @@ impl LoaderConfig {
             shuffle: false,
             workers: 1,
             prefetch: 2,
+            side: None,
+        }
+    }
+
+    /// This configuration with every slice resized to `side x side` first.
+    pub const fn with_side(self, side: usize) -> Self {
+        Self {
+            side: Some(side),
+            ..self
         }
     }
 }
@@ -86,15 +99,16 @@ fn mix(seed: u64, epoch: u64, index: u64) -> u64 {
 }
 
 impl Loader {
-    /// A loader over `slices` (packed, or slices to pack), which must be non-empty and all of
-    /// one size.
+    /// A loader over `slices` (packed, or slices to pack), which must be non-empty and, unless
+    /// [`LoaderConfig::side`] resizes them, all of one size.
     pub fn new<S: Into<PackedSlice>>(slices: Vec<S>, cfg: LoaderConfig) -> Result<Self> {
         let slices: Vec<PackedSlice> = slices.into_iter().map(Into::into).collect();
         let first = slices
             .first()
             .ok_or_else(|| Error::Invalid("no slices to load".into()))?;
         let (h, w) = (first.height, first.width);
-        if let Some(s) = slices.iter().find(|s| (s.height, s.width) != (h, w)) {
+        let mixed = slices.iter().find(|s| (s.height, s.width) != (h, w));
+        if let (None, Some(s)) = (cfg.side, mixed) {
             return Err(Error::Invalid(format!(
                 "slice from {} is {}x{}, others are {h}x{w}",
                 s.provenance.file.display(),
@@ -102,13 +116,13 @@ impl Loader {
                 s.width
             )));
         }
-        if cfg.batch == 0 || cfg.workers == 0 || cfg.prefetch == 0 {
+        if cfg.batch == 0 || cfg.workers == 0 || cfg.prefetch == 0 || cfg.side == Some(0) {
             return Err(Error::Invalid(format!(
                 "batch, workers and prefetch must be positive: {cfg:?}"
             )));
         }
         if let Some(aug) = &cfg.augment {
-            augment(&first.unpack(), aug, 0)?;
+            augment(&unpack(first, &cfg), aug, 0)?;
         }
         Ok(Self {
             slices: Arc::new(slices),
@@ -179,6 +193,15 @@ impl Loader {
     }
 }
 
+/// A packed slice as the batch uses it: unpacked, resized to the configured side.
+fn unpack(slice: &PackedSlice, cfg: &LoaderConfig) -> Slice {
+    let s = slice.unpack();
+    match cfg.side {
+        Some(side) => s.resized(side),
+        None => s,
+    }
+}
+
 fn make_batch(
     slices: &[PackedSlice],
     cfg: &LoaderConfig,
@@ -189,7 +212,7 @@ fn make_batch(
     let mut masks = Vec::new();
     let mut side = (0, 0);
     for &i in indices {
-        let s = slices[i].unpack();
+        let s = unpack(&slices[i], cfg);
         match &cfg.augment {
             Some(aug) => {
                 let a = augment(&s, aug, mix(cfg.seed, epoch, i as u64))?;
@@ -306,6 +329,25 @@ mod tests {
             batches[1].images.flatten_all()?.to_vec1::<f32>()?,
             slices[2].clone().pack().unpack().image
         );
+        Ok(())
+    }
+
+    #[test]
+    fn slices_of_several_sizes_are_resized_to_the_side() -> Result<()> {
+        let slices = vec![
+            crate::synthetic::phantom(0, 24),
+            crate::synthetic::phantom(1, 40),
+        ];
+        let want = slices[1].clone().pack().unpack().resized(32);
+        let loader = Loader::new(slices, LoaderConfig::eval(2).with_side(32))?;
+        let batch = loader.epoch(0).next().unwrap()?;
+        assert_eq!(batch.images.dims(), [2, 1, 32, 32]);
+        let second = batch
+            .images
+            .narrow(0, 1, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(second, want.image);
         Ok(())
     }
 

@@ -38,10 +38,15 @@ pub enum TrainData {
         /// Their side.
         size: usize,
     },
-    /// A prepared folder or a dataset folder (`d2a_data::dataset`).
+    /// A prepared folder or a dataset folder (`d2a_data::dataset`), and any more read after it
+    /// (`--train A --train B`; name a patient held in several with `--val-volumes` in each, so
+    /// that no patient is on both sides of the split).
     Folder {
         /// Its path.
         path: PathBuf,
+        /// Further folders.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<PathBuf>,
     },
 }
 
@@ -391,7 +396,13 @@ impl Plan {
             )));
         }
         let augment = AugmentConfig::for_crop(cfg.size).with_intensity(cfg.intensity_augment);
-        let loader = Loader::new(train, LoaderConfig::train(cfg.batch, cfg.seed, augment))?;
+        let mut loading = LoaderConfig::train(cfg.batch, cfg.seed, augment);
+        if let TrainData::Folder { .. } = cfg.train {
+            // Slices are held at their own sizes and brought to the paper's side as used.
+            loading = loading.with_side(READ_SIDE);
+        }
+        let loader = Loader::new(train, loading)?;
+        // Validation slices at their own sizes, scored there as the test is.
         let val = Validation {
             slices: val.iter().map(PackedSlice::unpack).collect(),
             input: self.input_size(),
@@ -579,8 +590,11 @@ pub fn normalise_all(slices: &mut [Slice], normalise: Normalise) {
     }
 }
 
-/// The training data, each slice normalised and packed (8-bit) as it is read, so that the
-/// dataset is never held as `f32`.
+/// The side training slices are brought to before augmentation (the paper's 512).
+const READ_SIDE: usize = ReadOptions::paper().size;
+
+/// The training data, each slice normalised and packed (8-bit) at its own size as it is read,
+/// so that the dataset is never held as `f32` nor at the side it is trained at.
 fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<PackedSlice>> {
     let finish = |mut s: Slice| {
         cfg.normalise.apply(&mut s.image, (s.height, s.width));
@@ -593,13 +607,23 @@ fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Packed
             cfg.seed.wrapping_mul(1_000_003),
             &finish,
         )),
-        TrainData::Folder { path } => {
-            observer.message(&format!("reading {}", path.display()));
-            read_dataset_with(path, &ReadOptions::paper(), &finish).map_err(|source| Error::Data {
-                what: "reading the training data",
-                path: path.clone(),
-                source: Box::new(source),
-            })
+        TrainData::Folder { path, also } => {
+            let native = ReadOptions {
+                size: 0,
+                ..ReadOptions::paper()
+            };
+            let mut slices = Vec::new();
+            for path in std::iter::once(path).chain(also) {
+                observer.message(&format!("reading {}", path.display()));
+                slices.extend(read_dataset_with(path, &native, &finish).map_err(|source| {
+                    Error::Data {
+                        what: "reading the training data",
+                        path: path.clone(),
+                        source: Box::new(source),
+                    }
+                })?);
+            }
+            Ok(slices)
         }
     }
 }

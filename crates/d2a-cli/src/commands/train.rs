@@ -17,10 +17,10 @@ use serde::Serialize;
 /// Arguments of `d2a train`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training data: a prepared folder or a dataset folder (images/ + masks/). Without it,
-    /// synthetic phantoms.
+    /// Training data: a prepared folder or a dataset folder (images/ + masks/); repeat it to
+    /// train on several together. Without it, synthetic phantoms.
     #[arg(long, value_name = "DATA")]
-    pub train: Option<PathBuf>,
+    pub train: Vec<PathBuf>,
     /// Test data, scored once at the end with the best-on-validation weights.
     #[arg(long, value_name = "DATA")]
     pub test: Option<PathBuf>,
@@ -171,9 +171,10 @@ impl Args {
             Existing::Refuse
         };
         let base = self.out.clone().unwrap_or_else(|| self.default_out());
-        let inputs: Vec<&Path> = [&self.train, &self.test, &self.backbone]
-            .into_iter()
-            .flatten()
+        let inputs: Vec<&Path> = self
+            .train
+            .iter()
+            .chain([&self.test, &self.backbone].into_iter().flatten())
             .map(PathBuf::as_path)
             .collect();
         super::check_output("--out", &base, &inputs)?;
@@ -212,7 +213,7 @@ impl Args {
     }
 
     fn is_synthetic(&self) -> bool {
-        self.train.is_none()
+        self.train.is_empty()
     }
 
     /// The run configuration for `seed`, with the defaults of the data kind filled in.
@@ -222,12 +223,15 @@ impl Args {
             given.unwrap_or(if synthetic { phantoms } else { real })
         };
         let size = pick(self.size, 448, 64);
-        let train = match &self.train {
+        let train = match self.train.split_first() {
             None => TrainData::Synthetic {
                 slices: self.slices,
                 size,
             },
-            Some(path) => TrainData::Folder { path: path.clone() },
+            Some((path, also)) => TrainData::Folder {
+                path: path.clone(),
+                also: also.to_vec(),
+            },
         };
         let lr = self.lr.unwrap_or(if synthetic { 3e-3 } else { 1e-4 });
         Ok(RunConfig {
@@ -265,7 +269,7 @@ impl Args {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let data = match &self.train {
+        let data = match self.train.first() {
             None => "synthetic".to_string(),
             Some(p) => p
                 .file_name()
@@ -280,7 +284,11 @@ fn describe(data: &TrainData) -> String {
         TrainData::Synthetic { slices, size } => {
             format!("{slices} synthetic phantoms of {size}x{size}")
         }
-        TrainData::Folder { path } => path.display().to_string(),
+        TrainData::Folder { path, also } => std::iter::once(path)
+            .chain(also)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
     }
 }
 
