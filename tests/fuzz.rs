@@ -85,10 +85,21 @@ fn rounds() -> usize {
 /// Writes `rounds()` mutations of `seed` to `dir/name` and calls `read` on each; returns how
 /// many were refused with an error.
 fn fuzz(dir: &Path, name: &str, seed: &[u8], read: impl Fn(&Path) -> bool) -> usize {
+    fuzz_rounds(dir, name, seed, rounds(), read)
+}
+
+/// [`fuzz`] with its own number of rounds.
+fn fuzz_rounds(
+    dir: &Path,
+    name: &str,
+    seed: &[u8],
+    rounds: usize,
+    read: impl Fn(&Path) -> bool,
+) -> usize {
     let path = dir.join(name);
     let mut rng = Rng(name.len() as u64 * 7919 + seed.len() as u64);
     let mut refused = 0;
-    for round in 0..rounds() {
+    for round in 0..rounds {
         let bytes = mutate(seed, &mut rng);
         std::fs::write(&path, &bytes).unwrap();
         match catch_unwind(AssertUnwindSafe(|| read(&path))) {
@@ -103,10 +114,7 @@ fn fuzz(dir: &Path, name: &str, seed: &[u8], read: impl Fn(&Path) -> bool) -> us
             }
         }
     }
-    eprintln!(
-        "fuzz {name}: {} inputs, {refused} refused, no panic",
-        rounds()
-    );
+    eprintln!("fuzz {name}: {rounds} inputs, {refused} refused, no panic");
     refused
 }
 
@@ -125,6 +133,36 @@ fn nifti_volumes() {
     for name in ["v.nii", "v.nii.gz"] {
         let seed = nifti_seed(tmp.path(), &format!("seed-{name}"));
         let refused = fuzz(tmp.path(), name, &seed, |p| {
+            read_input(p, Intensity::Auto).is_ok()
+        });
+        assert!(refused > 0, "{name}: every mutation was accepted");
+    }
+}
+
+#[test]
+fn dicom_slices() {
+    use d2a_data::readers::dicom::write::{CtSlice, write_ct_slice};
+    let tmp = tempfile::tempdir().unwrap();
+    for rle in [false, true] {
+        let seed_path = tmp.path().join(format!("seed-{rle}.dcm"));
+        let slice = CtSlice {
+            series: "1.2.3".into(),
+            sop: "1.2.3.1".into(),
+            instance: 1,
+            position: [0.0, 0.0, 10.0],
+            orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            rows: 6,
+            columns: 5,
+            intercept: -1024.0,
+            stored: (0..30).map(|v| v * 40).collect(),
+            rle,
+        };
+        write_ct_slice(&seed_path, &slice).unwrap();
+        let seed = std::fs::read(&seed_path).unwrap();
+        let name = if rle { "rle.dcm" } else { "ct.dcm" };
+        // A third of the rounds: a damaged element length makes dicom-rs allocate that much
+        // before it fails (system time, not a crash), which makes each round slow.
+        let refused = fuzz_rounds(tmp.path(), name, &seed, rounds().div_ceil(3), |p| {
             read_input(p, Intensity::Auto).is_ok()
         });
         assert!(refused > 0, "{name}: every mutation was accepted");

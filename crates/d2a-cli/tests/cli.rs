@@ -1120,3 +1120,62 @@ fn recipe_options_are_recorded_and_bad_ones_refused() {
     );
     assert!(!other.exists(), "a refused run left a folder");
 }
+
+#[test]
+fn predict_reads_a_dicom_series_and_writes_a_mask_aligned_with_it() {
+    use d2a_data::readers::dicom::write::{CtSlice, write_ct_slice};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    assert_success(&train_tiny(&run, &["-q"]));
+    let best = run.join("best.safetensors");
+    // Four 32x40 phantom slices, 3 mm apart along z, written in reverse name order.
+    let series = tmp.path().join("1.2.840.99.7");
+    std::fs::create_dir_all(&series).unwrap();
+    let (rows, columns) = (32usize, 40usize);
+    for k in 0..4 {
+        let p = d2a_data::synthetic::phantom(300 + k as u64, 40);
+        let slice = CtSlice {
+            series: "1.2.840.99.7".into(),
+            sop: format!("1.2.840.99.7.{k}"),
+            instance: k as i32 + 1,
+            position: [-12.0, -9.6, 50.0 + 3.0 * k as f64],
+            orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            rows,
+            columns,
+            intercept: -1024.0,
+            // The phantom's first 32 rows, its [0, 1] intensities as HU over the lung window.
+            stored: p.image[..rows * columns]
+                .iter()
+                .map(|&v| (1024.0 - 1250.0 + 1500.0 * v) as i16)
+                .collect(),
+            rle: k % 2 == 1,
+        };
+        write_ct_slice(&series.join(format!("slice{}.dcm", 9 - k)), &slice).unwrap();
+    }
+    let out_dir = tmp.path().join("pred");
+    let out = d2a(&[
+        "predict",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        series.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("1.2.840.99.7.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["dicom"]["series_instance_uid"], "1.2.840.99.7");
+    assert_eq!(summary["slices"].as_array().unwrap().len(), 4);
+    assert!((summary["voxel_ml"].as_f64().unwrap() - 0.7 * 0.6 * 3.0 / 1000.0).abs() < 1e-9);
+    // The mask's affine is the series' (RAS): x and y negated from DICOM's LPS.
+    use nifti::NiftiObject as _;
+    let mask = nifti::ReaderOptions::new()
+        .read_file(out_dir.join("1.2.840.99.7_mask.nii.gz"))
+        .unwrap();
+    let h = mask.header();
+    assert_eq!(&h.dim[..4], &[3, 40, 32, 4]);
+    assert_eq!(h.srow_x, [-0.6, 0.0, 0.0, 12.0]);
+    assert_eq!(h.srow_y, [0.0, -0.7, 0.0, 9.6]);
+    assert_eq!(h.srow_z, [0.0, 0.0, 3.0, 50.0]);
+}

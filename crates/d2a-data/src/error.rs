@@ -105,6 +105,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A DICOM file or series that cannot be read as a CT volume.
+    #[error("DICOM {path}: {reason}")]
+    Dicom {
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Bad options (sizes, counts) given by the caller.
     #[error("{0}")]
     Invalid(String),

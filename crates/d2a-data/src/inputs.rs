@@ -1,11 +1,13 @@
-//! Unlabelled inputs for prediction: one 2-D image, or one NIfTI volume read into slices, and
-//! mask volumes written back with the source's header and affine.
+//! Unlabelled inputs for prediction: one 2-D image, one NIfTI volume or one DICOM CT series read
+//! into slices, and mask volumes written back with the source's header and affine (for a DICOM
+//! series, the affine its geometry gives).
 
 use std::path::Path;
 
 use ndarray::Array3;
 use nifti::NiftiHeader;
 
+use crate::readers::dicom::{is_dicom_file, is_dicom_folder, read_series};
 use crate::readers::{DISPLAY_FULL_SCALE, file_stem, is_nifti, read_volume};
 use crate::slice::{Intensity, Provenance, Slice};
 use crate::slice_files::GrayMap;
@@ -28,18 +30,44 @@ pub struct VolumeInfo {
 pub struct Input {
     /// Slices, in order.
     pub slices: Vec<Slice>,
-    /// `Some` for a NIfTI volume.
+    /// `Some` for a NIfTI volume or a DICOM series.
     pub volume: Option<VolumeInfo>,
+    /// `Some` for a DICOM series: its UIDs and the files skipped.
+    pub dicom: Option<DicomSource>,
 }
 
-/// Reads a 2-D image (PNG, JPEG, BMP, TIFF) or a NIfTI volume (`.nii`, `.nii.gz`).
+/// Where a DICOM input's slices came from.
+#[derive(Debug, Clone)]
+pub struct DicomSource {
+    /// SeriesInstanceUID.
+    pub series_uid: String,
+    /// StudyInstanceUID.
+    pub study_uid: String,
+    /// Each slice's file and SOPInstanceUID, in slice order.
+    pub instances: Vec<(std::path::PathBuf, String)>,
+    /// Files found but not read, with the reason.
+    pub skipped: Vec<(std::path::PathBuf, String)>,
+}
+
+/// Reads a 2-D image (PNG, JPEG, BMP, TIFF), a NIfTI volume (`.nii`, `.nii.gz`) or a DICOM CT
+/// series (a folder, or one DICOM file).
 pub fn read_input(path: &Path, intensity: Intensity) -> Result<Input> {
+    read_input_with(path, intensity, None)
+}
+
+/// [`read_input`], with the DICOM series chosen by SeriesInstanceUID where a folder holds
+/// several.
+pub fn read_input_with(path: &Path, intensity: Intensity, series: Option<&str>) -> Result<Input> {
     if is_nifti(path) {
         return read_volume_input(path, intensity);
     }
+    if is_dicom_folder(path) || (path.is_file() && is_dicom_file(path)) {
+        return read_dicom_input(path, intensity, series);
+    }
     if !path.is_file() {
         return Err(Error::Invalid(format!(
-            "{} is not a file (expected a PNG/JPEG/BMP/TIFF slice or a .nii/.nii.gz volume)",
+            "{} is neither a file nor a folder of DICOM files (expected a PNG/JPEG/BMP/TIFF \
+             slice, a .nii/.nii.gz volume or a DICOM series)",
             path.display()
         )));
     }
@@ -65,6 +93,80 @@ pub fn read_input(path: &Path, intensity: Intensity) -> Result<Input> {
             },
         }],
         volume: None,
+        dicom: None,
+    })
+}
+
+/// The name an input's outputs are called by: a folder's whole name (a DICOM series folder
+/// named `1.2.840.113619` keeps its dots), else [`file_stem`].
+pub fn input_stem(path: &Path) -> String {
+    if path.is_dir() {
+        if let Some(name) = path.file_name() {
+            return name.to_string_lossy().into_owned();
+        }
+    }
+    file_stem(path)
+}
+
+fn read_dicom_input(path: &Path, intensity: Intensity, series: Option<&str>) -> Result<Input> {
+    let s = read_series(&[path.to_path_buf()], series)?;
+    let g = &s.geometry;
+    let (x, y, z) = (g.columns, g.rows, s.files.len());
+    // Values are HU; `u8` is honoured for whoever asks for it.
+    let rule = match intensity {
+        Intensity::U8 => Intensity::U8,
+        Intensity::Auto | Intensity::Hu => Intensity::Hu,
+    };
+    let volume = input_stem(path);
+    let slices =
+        s.hu.chunks_exact(x * y)
+            .zip(&s.files)
+            .enumerate()
+            .map(|(k, (plane, file))| Slice {
+                height: y,
+                width: x,
+                // Display pixel (row r, column c) is the DICOM pixel: stored x = column, y = row.
+                image: plane
+                    .iter()
+                    .map(|&v| rule.apply(v, DISPLAY_FULL_SCALE))
+                    .collect(),
+                mask: vec![0; x * y],
+                provenance: Provenance {
+                    file: file.clone(),
+                    volume: volume.clone(),
+                    slice_idx: k,
+                },
+            })
+            .collect();
+    let [dr, dc] = g.pixel_spacing;
+    let dz = g.slice_spacing();
+    let a = g.affine_ras();
+    let row = |r: [f64; 4]| r.map(|v| v as f32);
+    let header = NiftiHeader {
+        dim: [3, x as u16, y as u16, z as u16, 1, 1, 1, 1],
+        pixdim: [1.0, dc as f32, dr as f32, dz as f32, 1.0, 1.0, 1.0, 1.0],
+        sform_code: 1,
+        qform_code: 0,
+        srow_x: row(a[0]),
+        srow_y: row(a[1]),
+        srow_z: row(a[2]),
+        // Millimetres.
+        xyzt_units: 2,
+        ..NiftiHeader::default()
+    };
+    Ok(Input {
+        slices,
+        volume: Some(VolumeInfo {
+            header,
+            dims: [x, y, z],
+            voxel_ml: dr * dc * dz / 1000.0,
+        }),
+        dicom: Some(DicomSource {
+            series_uid: s.uid,
+            study_uid: s.study_uid,
+            instances: s.files.into_iter().zip(s.sop_instance_uids).collect(),
+            skipped: s.skipped,
+        }),
     })
 }
 
@@ -108,6 +210,7 @@ fn read_volume_input(path: &Path, intensity: Intensity) -> Result<Input> {
             dims: [x, y, z],
             voxel_ml: mm3 / 1000.0,
         }),
+        dicom: None,
     })
 }
 

@@ -1,14 +1,16 @@
 //! `d2a predict`: segments new scans. For each input, a mask (a NIfTI volume with the source's
-//! header and affine, or a PNG), overlay PNGs, and a JSON summary: lesion pixels per slice and,
-//! for volumes, the lesion volume in mL from the voxel size.
+//! header and affine, or for a DICOM series the affine of its geometry; or a PNG), overlay PNGs,
+//! and a JSON summary: lesion pixels per slice and, for volumes, the lesion volume in mL from
+//! the voxel size.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use d2a_data::Intensity;
-use d2a_data::inputs::{Input, read_input, write_mask_volume};
-use d2a_data::readers::{file_stem, is_nifti};
+use d2a_data::inputs::{Input, input_stem, read_input_with, write_mask_volume};
+use d2a_data::readers::dicom::{is_dicom_file, is_dicom_folder};
+use d2a_data::readers::is_nifti;
 use d2a_model::Segmenter;
 use d2a_train::run::write_json;
 use d2a_train::score::image_of;
@@ -23,9 +25,13 @@ pub struct Args {
     /// The checkpoint and its model.
     #[command(flatten)]
     pub model: super::CheckpointArgs,
-    /// CT inputs: NIfTI volumes (.nii, .nii.gz) or 2-D slices (PNG, JPEG, BMP, TIFF).
+    /// CT inputs: NIfTI volumes (.nii, .nii.gz), DICOM series (a folder of one series' files,
+    /// in any order) or 2-D slices (PNG, JPEG, BMP, TIFF).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// The DICOM series to read (SeriesInstanceUID) where a folder holds several.
+    #[arg(long, value_name = "UID")]
+    pub series: Option<String>,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -62,6 +68,20 @@ struct Summary {
     /// Volumes only.
     #[serde(skip_serializing_if = "Option::is_none")]
     lesion_ml: Option<f64>,
+    /// DICOM series only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dicom: Option<DicomSummary>,
+}
+
+/// What a DICOM input was.
+#[derive(Debug, Serialize)]
+struct DicomSummary {
+    series_instance_uid: String,
+    study_instance_uid: String,
+    /// Slices with lesion (0-based, in slice order).
+    slices_with_lesion: Vec<usize>,
+    /// Files in the folder that were not read, and why.
+    skipped: Vec<String>,
 }
 
 impl Args {
@@ -75,7 +95,7 @@ impl Args {
         let bar = super::progress(self.inputs.len(), "predict", quiet || self.inputs.len() < 2);
         for path in &self.inputs {
             // d2a-data's errors name the file.
-            let input = read_input(path, self.intensity)?;
+            let input = read_input_with(path, self.intensity, self.series.as_deref())?;
             let summary = self.predict(&segmenter, path, &input)?;
             bar.suspend(|| {
                 println!(
@@ -106,14 +126,19 @@ impl Args {
             .filter_map(|p| p.canonicalize().ok())
             .collect();
         for input in &self.inputs {
-            if !input.is_file() {
-                bail!("{} is not a file", input.display());
+            let dicom = is_dicom_folder(input);
+            if !(input.is_file() || dicom) {
+                bail!(
+                    "{} is neither a file nor a folder of DICOM files",
+                    input.display()
+                );
             }
-            let stem = file_stem(input);
+            let stem = input_stem(input);
             if !stems.insert(stem.clone()) {
                 bail!("two inputs share the name {stem:?}: their outputs would collide");
             }
-            for output in self.outputs(&stem, is_nifti(input)) {
+            let volume = dicom || is_nifti(input) || is_dicom_file(input);
+            for output in self.outputs(&stem, volume) {
                 if output.canonicalize().is_ok_and(|o| inputs.contains(&o)) {
                     bail!(
                         "{} is both an input and an output of {}; choose another --out",
@@ -150,7 +175,7 @@ impl Args {
             })
             .collect();
         let [mask_path, overlay_path, json_path] =
-            self.outputs(&file_stem(path), input.volume.is_some());
+            self.outputs(&input_stem(path), input.volume.is_some());
         match &input.volume {
             Some(info) => {
                 write_mask_volume(info, &masks, &mask_path)?;
@@ -177,6 +202,20 @@ impl Args {
             lesion_pixels,
             voxel_ml,
             lesion_ml: voxel_ml.map(|v| v * lesion_pixels as f64),
+            dicom: input.dicom.as_ref().map(|d| DicomSummary {
+                series_instance_uid: d.series_uid.clone(),
+                study_instance_uid: d.study_uid.clone(),
+                slices_with_lesion: slices
+                    .iter()
+                    .filter(|s| s.lesion_pixels > 0)
+                    .map(|s| s.index)
+                    .collect(),
+                skipped: d
+                    .skipped
+                    .iter()
+                    .map(|(p, why)| format!("{}: {why}", p.display()))
+                    .collect(),
+            }),
             slices,
         };
         write_json(&json_path, &summary)?;
