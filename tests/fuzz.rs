@@ -141,7 +141,7 @@ fn nifti_volumes() {
 
 #[test]
 fn dicom_slices() {
-    use d2a_data::readers::dicom::write::{CtSlice, write_ct_slice};
+    use d2a_data::dicom::write::{CtSlice, write_ct_slice};
     let tmp = tempfile::tempdir().unwrap();
     for rle in [false, true] {
         let seed_path = tmp.path().join(format!("seed-{rle}.dcm"));

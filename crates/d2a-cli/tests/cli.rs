@@ -1123,7 +1123,7 @@ fn recipe_options_are_recorded_and_bad_ones_refused() {
 
 #[test]
 fn predict_reads_a_dicom_series_and_writes_a_mask_aligned_with_it() {
-    use d2a_data::readers::dicom::write::{CtSlice, write_ct_slice};
+    use d2a_data::dicom::write::{CtSlice, write_ct_slice};
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     assert_success(&train_tiny(&run, &["-q"]));
@@ -1178,4 +1178,152 @@ fn predict_reads_a_dicom_series_and_writes_a_mask_aligned_with_it() {
     assert_eq!(h.srow_x, [-0.6, 0.0, 0.0, 12.0]);
     assert_eq!(h.srow_y, [0.0, -0.7, 0.0, 9.6]);
     assert_eq!(h.srow_z, [0.0, 0.0, 3.0, 50.0]);
+    let mask_voxels = {
+        use nifti::IntoNdArray as _;
+        mask.into_volume().into_ndarray::<u8>().unwrap()
+    };
+
+    // The DICOM SEG: one frame per slice, each referencing its source instance in slice order,
+    // its bits the NIfTI mask's.
+    use dicom_dictionary_std::tags;
+    let seg_path = out_dir.join("1.2.840.99.7_seg.dcm");
+    let seg = dicom_object::open_file(&seg_path).unwrap();
+    let text = |obj: &dicom_object::InMemDicomObject, tag| {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    assert_eq!(
+        text(&seg, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.66.4"
+    );
+    assert_eq!(text(&seg, tags::NUMBER_OF_FRAMES), "4");
+    let frames = seg
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let referenced: Vec<String> = frames
+        .iter()
+        .map(|f| {
+            let derivation = &f
+                .element(tags::DERIVATION_IMAGE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0];
+            let source = &derivation
+                .element(tags::SOURCE_IMAGE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0];
+            text(source, tags::REFERENCED_SOP_INSTANCE_UID)
+        })
+        .collect();
+    let want: Vec<String> = (0..4).map(|k| format!("1.2.840.99.7.{k}")).collect();
+    assert_eq!(referenced, want);
+    let bits = seg.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    for k in 0..4 {
+        for r in 0..rows {
+            for c in 0..columns {
+                let i = (k * rows + r) * columns + c;
+                let bit = (bits[i / 8] >> (i % 8)) & 1;
+                assert_eq!(bit, mask_voxels[[c, r, k]], "frame {k} pixel {r},{c}");
+            }
+        }
+    }
+    // pydicom and highdicom, where installed, read it as a SEG of 4 frames over the series.
+    let check = r#"
+import sys, pydicom, highdicom
+ds = pydicom.dcmread(sys.argv[1])
+seg = highdicom.seg.Segmentation.from_dataset(ds)
+assert int(ds.NumberOfFrames) == 4, ds.NumberOfFrames
+assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.840.99.7"
+assert len(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 4
+assert seg.get_segment_numbers() == [1]
+print("highdicom ok")
+"#;
+    match Command::new("python3")
+        .args(["-c", check, seg_path.to_str().unwrap()])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("highdicom ok"));
+        }
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("ModuleNotFoundError") => {
+            d2a_tests::skip("the SEG check with pydicom/highdicom (pip install pydicom highdicom)");
+        }
+        Ok(out) => panic!(
+            "highdicom refused the SEG: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => d2a_tests::skip("the SEG check with pydicom/highdicom (no python3)"),
+    }
+}
+
+/// pydicom's own CT test slice (a real scanner file that ships with pydicom), where pydicom is
+/// installed: read, segmented, and its mask's affine against the one computed from the file by
+/// pydicom in the dicom2nifti way.
+#[test]
+fn predict_reads_pydicoms_ct_test_file() {
+    let locate = "import pydicom.data; print(pydicom.data.get_testdata_file('CT_small.dcm'))";
+    let Some(file) = Command::new("python3")
+        .args(["-c", locate])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        d2a_tests::skip("pydicom's CT_small.dcm (pip install pydicom)");
+        return;
+    };
+    let affine = r#"
+import sys, pydicom
+ds = pydicom.dcmread(sys.argv[1])
+r, c = [float(v) for v in ds.ImageOrientationPatient[:3]], [float(v) for v in ds.ImageOrientationPatient[3:]]
+dr, dc = [float(v) for v in ds.PixelSpacing]
+t = [float(v) for v in ds.ImagePositionPatient]
+sign = [-1, -1, 1]
+for i in range(3):
+    print(sign[i] * r[i] * dc, sign[i] * c[i] * dr, sign[i] * t[i])
+"#;
+    let out = Command::new("python3")
+        .args(["-c", affine, &file])
+        .output()
+        .unwrap();
+    let want: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    assert_success(&train_tiny(&run, &["-q"]));
+    let out_dir = tmp.path().join("pred");
+    let best = run.join("best.safetensors");
+    assert_success(&d2a(&[
+        "predict",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        &file,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]));
+    use nifti::NiftiObject as _;
+    let mask = nifti::ReaderOptions::new()
+        .read_file(out_dir.join("CT_small_mask.nii.gz"))
+        .unwrap();
+    let h = mask.header();
+    assert_eq!(&h.dim[..4], &[3, 128, 128, 1]);
+    for (i, row) in [h.srow_x, h.srow_y, h.srow_z].iter().enumerate() {
+        for (j, col) in [0, 1, 3].into_iter().enumerate() {
+            let (got, want) = (f64::from(row[col]), want[i * 3 + j]);
+            assert!(
+                (got - want).abs() < 1e-3,
+                "affine[{i}][{col}] {got} vs {want}"
+            );
+        }
+    }
+    assert!(out_dir.join("CT_small_seg.dcm").is_file());
 }

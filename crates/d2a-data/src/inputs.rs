@@ -7,7 +7,8 @@ use std::path::Path;
 use ndarray::Array3;
 use nifti::NiftiHeader;
 
-use crate::readers::dicom::{is_dicom_file, is_dicom_folder, read_series};
+use crate::dicom::seg::SegSource;
+use crate::dicom::{Geometry, is_dicom_file, is_dicom_folder, read_series};
 use crate::readers::{DISPLAY_FULL_SCALE, file_stem, is_nifti, read_volume};
 use crate::slice::{Intensity, Provenance, Slice};
 use crate::slice_files::GrayMap;
@@ -47,6 +48,20 @@ pub struct DicomSource {
     pub instances: Vec<(std::path::PathBuf, String)>,
     /// Files found but not read, with the reason.
     pub skipped: Vec<(std::path::PathBuf, String)>,
+    /// The series' geometry.
+    pub geometry: Geometry,
+}
+
+impl DicomSource {
+    /// What a SEG written for this series needs.
+    pub fn seg_source(&self) -> SegSource<'_> {
+        SegSource {
+            series_uid: &self.series_uid,
+            study_uid: &self.study_uid,
+            instances: &self.instances,
+            geometry: &self.geometry,
+        }
+    }
 }
 
 /// Reads a 2-D image (PNG, JPEG, BMP, TIFF), a NIfTI volume (`.nii`, `.nii.gz`) or a DICOM CT
@@ -166,6 +181,7 @@ fn read_dicom_input(path: &Path, intensity: Intensity, series: Option<&str>) -> 
             study_uid: s.study_uid,
             instances: s.files.into_iter().zip(s.sop_instance_uids).collect(),
             skipped: s.skipped,
+            geometry: s.geometry,
         }),
     })
 }

@@ -16,6 +16,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod dicom;
 mod error;
 pub mod inputs;
 pub mod loader;

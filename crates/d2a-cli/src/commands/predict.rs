@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use d2a_data::Intensity;
+use d2a_data::dicom::seg::write_seg;
+use d2a_data::dicom::{is_dicom_file, is_dicom_folder};
 use d2a_data::inputs::{Input, input_stem, read_input_with, write_mask_volume};
-use d2a_data::readers::dicom::{is_dicom_file, is_dicom_folder};
 use d2a_data::readers::is_nifti;
 use d2a_model::Segmenter;
 use d2a_train::run::write_json;
@@ -68,7 +69,7 @@ struct Summary {
     /// Volumes only.
     #[serde(skip_serializing_if = "Option::is_none")]
     lesion_ml: Option<f64>,
-    /// DICOM series only.
+    /// DICOM series only (the mask is also written as `<stem>_seg.dcm`, a DICOM SEG).
     #[serde(skip_serializing_if = "Option::is_none")]
     dicom: Option<DicomSummary>,
 }
@@ -137,8 +138,12 @@ impl Args {
             if !stems.insert(stem.clone()) {
                 bail!("two inputs share the name {stem:?}: their outputs would collide");
             }
-            let volume = dicom || is_nifti(input) || is_dicom_file(input);
-            for output in self.outputs(&stem, volume) {
+            let dicom = dicom || is_dicom_file(input);
+            let mut outputs = self.outputs(&stem, dicom || is_nifti(input)).to_vec();
+            if dicom {
+                outputs.push(self.seg_output(&stem));
+            }
+            for output in outputs {
                 if output.canonicalize().is_ok_and(|o| inputs.contains(&o)) {
                     bail!(
                         "{} is both an input and an output of {}; choose another --out",
@@ -180,6 +185,13 @@ impl Args {
             Some(info) => {
                 write_mask_volume(info, &masks, &mask_path)?;
                 write_volume_overlays(input, &masks, &slices, &overlay_path)?;
+                if let Some(dicom) = &input.dicom {
+                    write_seg(
+                        &dicom.seg_source(),
+                        &masks,
+                        &self.seg_output(&input_stem(path)),
+                    )?;
+                }
             }
             None => {
                 let png = GrayImage::from_fn(w as u32, h as u32, |x, y| {
@@ -220,6 +232,11 @@ impl Args {
         };
         write_json(&json_path, &summary)?;
         Ok(summary)
+    }
+
+    /// The DICOM Segmentation written for a DICOM input.
+    fn seg_output(&self, stem: &str) -> PathBuf {
+        self.out.join(format!("{stem}_seg.dcm"))
     }
 
     /// `[mask, overlay (file or folder), summary]` of an input.

@@ -13,7 +13,6 @@ use crate::slice::{Intensity, Provenance, Slice, check_finite};
 use crate::slice_files::{GrayMap, files_in, pair_by_stem};
 use crate::{Error, Result};
 
-pub mod dicom;
 mod volume;
 
 pub(crate) use volume::read_volume;

@@ -606,6 +606,7 @@ fn read_pixels(h: &Header) -> Result<Vec<f32>> {
     })
 }
 
+pub mod seg;
 pub mod write;
 
 #[cfg(test)]

@@ -208,3 +208,52 @@ fn hostile_series_get_errors_naming_the_file() {
     assert!(!is_dicom_folder(&dir("none")));
     assert!(is_dicom_folder(&dir("two")));
 }
+
+/// pydicom's test file `name`, where pydicom is installed.
+fn pydicom_file(name: &str) -> Option<std::path::PathBuf> {
+    let locate = format!("import pydicom.data; print(pydicom.data.get_testdata_file('{name}'))");
+    std::process::Command::new("python3")
+        .args(["-c", &locate])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_file())
+}
+
+/// The decoders this build carries, on pydicom's real files: the same MR slice uncompressed,
+/// RLE Lossless and JPEG 2000 lossless decodes to the same stored values.
+#[test]
+fn rle_and_jpeg_2000_lossless_decode_as_uncompressed() {
+    let stored = |name: &str| -> Option<Vec<f64>> {
+        let path = pydicom_file(name)?;
+        let obj = open(&path, false).unwrap();
+        let decoded = obj.decode_pixel_data().unwrap();
+        Some(
+            decoded
+                .to_vec_with_options(
+                    &ConvertOptions::new().with_modality_lut(ModalityLutOption::None),
+                )
+                .unwrap(),
+        )
+    };
+    let Some(plain) = stored("MR_small.dcm") else {
+        d2a_tests::skip("pydicom's test files (pip install pydicom)");
+        return;
+    };
+    assert_eq!(plain.len(), 64 * 64);
+    for name in ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"] {
+        assert_eq!(stored(name).unwrap(), plain, "{name}");
+    }
+    // pydicom's CT slice reads as a one-slice series in HU.
+    let ct = read_series(&[pydicom_file("CT_small.dcm").unwrap()], None).unwrap();
+    assert_eq!((ct.geometry.rows, ct.geometry.columns), (128, 128));
+    let (lo, hi) = ct
+        .hu
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    assert!(
+        lo >= AIR_HU && hi > 0.0 && hi < 4000.0,
+        "HU range {lo}..{hi}"
+    );
+}
