@@ -1137,7 +1137,7 @@ fn predict_reads_a_dicom_series_and_writes_a_mask_aligned_with_it() {
         let slice = CtSlice {
             series: "1.2.840.99.7".into(),
             sop: format!("1.2.840.99.7.{k}"),
-            instance: k as i32 + 1,
+            instance: k + 1,
             position: [-12.0, -9.6, 50.0 + 3.0 * k as f64],
             orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
             rows,

@@ -115,10 +115,10 @@ pub fn read_input_with(path: &Path, intensity: Intensity, series: Option<&str>) 
 /// The name an input's outputs are called by: a folder's whole name (a DICOM series folder
 /// named `1.2.840.113619` keeps its dots), else [`file_stem`].
 pub fn input_stem(path: &Path) -> String {
-    if path.is_dir() {
-        if let Some(name) = path.file_name() {
-            return name.to_string_lossy().into_owned();
-        }
+    if path.is_dir()
+        && let Some(name) = path.file_name()
+    {
+        return name.to_string_lossy().into_owned();
     }
     file_stem(path)
 }

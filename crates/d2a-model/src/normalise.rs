@@ -116,13 +116,7 @@ fn stretch_to_u8(pixels: &[f32]) -> Vec<u8> {
 /// takes the bilinear blend of its four nearest tiles' tables, rounded.
 fn clahe(src: &[u8], (height, width): (usize, usize), clip: f32, tiles: usize) -> Vec<u8> {
     const BINS: usize = 256;
-    let pad = |n: usize| {
-        if n % tiles == 0 {
-            n
-        } else {
-            n + tiles - n % tiles
-        }
-    };
+    let pad = |n: usize| n.next_multiple_of(tiles);
     let (ext_h, ext_w) = (pad(height), pad(width));
     let (tile_h, tile_w) = (ext_h / tiles, ext_w / tiles);
     // BORDER_REFLECT_101 for the rows and columns past the end (at most `tiles - 1` of them;
@@ -160,8 +154,8 @@ fn clahe(src: &[u8], (height, width): (usize, usize), clip: f32, tiles: usize) -
             for h in hist.iter_mut() {
                 *h += batch;
             }
-            if residual != 0 {
-                let step = (BINS / residual).max(1);
+            if let Some(step) = BINS.checked_div(residual) {
+                let step = step.max(1);
                 let mut i = 0;
                 while i < BINS && residual > 0 {
                     hist[i] += 1;

@@ -116,7 +116,7 @@ fn rle_compressed_slices_read_as_the_uncompressed_ones_and_padding_is_air() {
     assert_eq!(a.hu[24 + 8], hu_of(1, 1, 2));
 }
 
-fn fails(inputs: &[std::path::PathBuf], series: Option<&str>, needles: &[&str]) {
+fn fails(inputs: &[PathBuf], series: Option<&str>, needles: &[&str]) {
     let err = read_series(inputs, series).unwrap_err().to_string();
     for n in needles {
         assert!(err.contains(n), "{n:?} not in {err}");
@@ -210,14 +210,14 @@ fn hostile_series_get_errors_naming_the_file() {
 }
 
 /// pydicom's test file `name`, where pydicom is installed.
-fn pydicom_file(name: &str) -> Option<std::path::PathBuf> {
+fn pydicom_file(name: &str) -> Option<PathBuf> {
     let locate = format!("import pydicom.data; print(pydicom.data.get_testdata_file('{name}'))");
     std::process::Command::new("python3")
         .args(["-c", &locate])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
         .filter(|p| p.is_file())
 }
 
