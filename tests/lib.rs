@@ -46,17 +46,16 @@ fn shared(sub: &str, var: &str) -> Option<PathBuf> {
     }
 }
 
-/// A check that needs a tool this machine lacks (`what` says which, and how to get it): fails
-/// the test under `CI=true` (`.ci/run` installs it), elsewhere prints a `SKIPPED` line.
+/// A check that needs an optional tool this machine lacks (`what` says which, and how to get
+/// it): prints a `SKIPPED` line that `cargo test` shows. Unlike `../shared`, these tools come
+/// from a package registry (`.ci/run` installs them when it can), so their absence never fails
+/// a run; the rest of the test still runs.
 pub fn skip(what: &str) {
     use std::io::Write as _;
     let test = std::thread::current()
         .name()
         .unwrap_or("a test")
         .to_string();
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} needs {what}, which CI must have");
-    }
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {what}");
 }
 
