@@ -247,33 +247,44 @@ pub fn write_mask_volume(info: &VolumeInfo, masks: &[Vec<u8>], path: &Path) -> R
     header.scl_inter = 0.0;
     header.cal_min = 0.0;
     header.cal_max = 1.0;
-    // Through a temporary sibling with the same extension (the writer compresses by it), then
-    // renamed: a killed run never leaves a truncated volume under the final name.
+    // The writer compresses by the extension, so the temporary file keeps it.
+    let extension = if path.to_string_lossy().ends_with(".gz") {
+        ".nii.gz"
+    } else {
+        ".nii"
+    };
+    write_through_temporary(path, extension, |tmp| {
+        nifti::writer::WriterOptions::new(tmp)
+            .reference_header(&header)
+            .write_nifti(&array)
+            .map_err(|e| Error::Nifti {
+                path: path.to_path_buf(),
+                reason: format!("cannot write: {e}"),
+            })
+    })
+}
+
+/// Writes `path` through a temporary sibling (`.NAME.partial-PID` + `extension`) that `write`
+/// fills and that is then renamed, so a killed run never leaves a truncated file under the
+/// final name; the temporary file is removed when anything fails.
+pub(crate) fn write_through_temporary(
+    path: &Path,
+    extension: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(
-        ".{}.partial-{}{}",
+        ".{}.partial-{}{extension}",
         name.unwrap_or_default(),
         std::process::id(),
-        if path.to_string_lossy().ends_with(".gz") {
-            ".nii.gz"
-        } else {
-            ".nii"
-        }
     ));
-    let written = nifti::writer::WriterOptions::new(&tmp)
-        .reference_header(&header)
-        .write_nifti(&array)
-        .map_err(|e| Error::Nifti {
+    let written = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+            op: "write",
             path: path.to_path_buf(),
-            reason: format!("cannot write: {e}"),
+            source,
         })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                op: "write",
-                path: path.to_path_buf(),
-                source,
-            })
-        });
+    });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -311,6 +311,21 @@ fn parse_header(path: &Path) -> Result<Parsed> {
     })))
 }
 
+/// A decimal string (DS) value of `values`: six decimals at most, trailing zeros dropped, so
+/// that each stays within DS's 16 characters.
+pub(crate) fn ds(values: &[f64]) -> dicom_core::PrimitiveValue {
+    let one = |v: &f64| {
+        let s = format!("{v:.6}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    dicom_core::PrimitiveValue::from(values.iter().map(one).collect::<Vec<_>>().join("\\"))
+}
+
 fn norm(v: [f64; 3]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }

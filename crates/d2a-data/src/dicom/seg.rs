@@ -10,7 +10,8 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
-use super::{CT_IMAGE_STORAGE, Geometry, dicom_error, open, text};
+use super::{CT_IMAGE_STORAGE, Geometry, dicom_error, ds, open, text};
+use crate::inputs::write_through_temporary;
 use crate::{Error, Result};
 
 /// Segmentation Storage.
@@ -66,21 +67,6 @@ fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
         el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
         el(tags::CODE_MEANING, VR::LO, meaning),
     ])
-}
-
-fn ds(values: &[f64]) -> PrimitiveValue {
-    PrimitiveValue::from(
-        values
-            .iter()
-            .map(|v| {
-                format!("{v:.6}")
-                    .trim_end_matches('0')
-                    .trim_end_matches('.')
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\\"),
-    )
 }
 
 /// Writes `masks` (one per slice of `source`, `rows x columns`, 0/1) as a binary SEG at `path`.
@@ -332,28 +318,10 @@ pub fn write_seg(source: &SegSource, masks: &[Vec<u8>], path: &Path) -> Result<(
     let file = obj
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(super::write::EXPLICIT_VR_LE))
         .map_err(|e| dicom_error(path, format!("cannot build the SEG: {e}")))?;
-    // Through a temporary sibling, renamed: a killed run never leaves a truncated SEG.
-    let tmp = path.with_file_name(format!(
-        ".{}.partial-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let written = file
-        .write_to_file(&tmp)
-        .map_err(|e| dicom_error(path, format!("cannot write: {e}")))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                op: "write",
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    write_through_temporary(path, "", |tmp| {
+        file.write_to_file(tmp)
+            .map_err(|e| dicom_error(path, format!("cannot write: {e}")))
+    })
 }
 
 /// Today's date (`YYYYMMDD`) and time (`HHMMSS`), UTC.

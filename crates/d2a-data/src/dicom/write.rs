@@ -8,7 +8,7 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
-use super::CT_IMAGE_STORAGE;
+use super::{CT_IMAGE_STORAGE, ds};
 use crate::{Error, Result};
 
 /// Explicit VR Little Endian.
@@ -40,16 +40,6 @@ pub struct CtSlice {
     pub stored: Vec<i16>,
     /// RLE Lossless instead of uncompressed.
     pub rle: bool,
-}
-
-fn ds(values: &[f64]) -> PrimitiveValue {
-    PrimitiveValue::from(
-        values
-            .iter()
-            .map(|v| format!("{v}"))
-            .collect::<Vec<_>>()
-            .join("\\"),
-    )
 }
 
 /// RLE Lossless (PS3.5 annex G) of 16-bit samples: two segments (high bytes, then low bytes),
