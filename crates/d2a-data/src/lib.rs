@@ -28,4 +28,4 @@ pub mod synthetic;
 
 pub use error::{Error, Result, UnpairedFiles};
 pub use readers::{ReadOptions, ReadResult, read_source};
-pub use slice::{HasProvenance, Intensity, PackedSlice, Provenance, Slice};
+pub use slice::{HasProvenance, Intensity, PackedSlice, Provenance, Slice, SliceView};

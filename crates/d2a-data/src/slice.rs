@@ -124,6 +124,25 @@ impl From<Slice> for PackedSlice {
     }
 }
 
+/// A slice to read, packed or not: [`Slice`] lends itself, [`PackedSlice`] unpacks a copy, so
+/// code that scores slices a batch at a time can hold them packed.
+pub trait SliceView {
+    /// The slice, as f32 intensities.
+    fn view(&self) -> std::borrow::Cow<'_, Slice>;
+}
+
+impl SliceView for Slice {
+    fn view(&self) -> std::borrow::Cow<'_, Slice> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl SliceView for PackedSlice {
+    fn view(&self) -> std::borrow::Cow<'_, Slice> {
+        std::borrow::Cow::Owned(self.unpack())
+    }
+}
+
 /// What splits by patient need of a slice, packed or not.
 pub trait HasProvenance {
     /// Where the slice came from.

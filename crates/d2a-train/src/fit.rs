@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use d2a_data::loader::Loader;
-use d2a_data::{HasProvenance, Slice};
+use d2a_data::{HasProvenance, PackedSlice};
 use d2a_metrics::{Confusion, Summary};
 use d2a_model::checkpoint::format::{MOMENT_PREFIXES, TRAIN_STATE, read_train_state};
 use d2a_model::checkpoint::{load_exact, read_tensors, save_tensors, tensors_of, trainable_vars};
@@ -127,8 +127,9 @@ pub fn split_named<S: HasProvenance>(slices: Vec<S>, val: &[String]) -> Result<(
 /// Validation data: slices at their own size, predicted at the model's input side.
 #[derive(Debug, Clone)]
 pub struct Validation {
-    /// The slices, at their own size (masks are scored there, never resampled).
-    pub slices: Vec<Slice>,
+    /// The slices, at their own size (masks are scored there, never resampled), packed:
+    /// unpacked a batch at a time as they are scored.
+    pub slices: Vec<PackedSlice>,
     /// The model input side.
     pub input: usize,
     /// Slices per forward pass.
@@ -395,7 +396,7 @@ mod tests {
         let mut trainer = Trainer::new(model, varmap, cfg)?;
         let loader = Loader::new(slices.clone(), LoaderConfig::eval(4))?;
         let val = Validation {
-            slices,
+            slices: slices.into_iter().map(d2a_data::Slice::pack).collect(),
             input: 16,
             batch: 4,
             device: Device::Cpu,

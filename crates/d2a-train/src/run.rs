@@ -404,7 +404,7 @@ impl Plan {
         let loader = Loader::new(train, loading)?;
         // Validation slices at their own sizes, scored there as the test is.
         let val = Validation {
-            slices: val.iter().map(PackedSlice::unpack).collect(),
+            slices: val,
             input: self.input_size(),
             batch: cfg.batch,
             device: self.device.clone(),

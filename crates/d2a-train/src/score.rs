@@ -3,8 +3,8 @@
 //! size, a batch at a time so that the logits of a large dataset are never all in memory.
 
 use candle_core::Device;
-use d2a_data::Slice;
 use d2a_data::readers::{file_stem, is_nifti};
+use d2a_data::{Slice, SliceView};
 use d2a_metrics::{Confusion, Report};
 use d2a_model::{Image, LESION_LOGIT, Model, Tta, predict_logits};
 
@@ -40,16 +40,21 @@ pub fn confusion_at(slice: &Slice, logits: &[f32], at: f32) -> Result<Confusion>
 /// Calls `each(slice, logits)` for every slice, in order, with the logits of `model` (eval
 /// mode) predicted at `input x input` (under `tta`) and resized back to the slice's size;
 /// `batch` slices per forward pass. The first error (of the prediction, or of `each`) stops it.
-pub fn for_each_prediction<E: From<crate::Error>>(
+pub fn for_each_prediction<E: From<crate::Error>, S: SliceView>(
     model: &Model,
-    slices: &[Slice],
+    slices: &[S],
     (input, batch): (usize, usize),
     tta: Tta,
     device: &Device,
     mut each: impl FnMut(&Slice, Vec<f32>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     for chunk in slices.chunks(batch.max(1)) {
-        let images = chunk.iter().map(image_of).collect::<Result<Vec<_>>>()?;
+        // Packed slices are unpacked a batch at a time.
+        let chunk: Vec<std::borrow::Cow<'_, Slice>> = chunk.iter().map(SliceView::view).collect();
+        let images = chunk
+            .iter()
+            .map(|s| image_of(s))
+            .collect::<Result<Vec<_>>>()?;
         let logits = predict_logits(model, &images, (input, batch), tta, device)
             .map_err(crate::Error::from)?;
         for (s, l) in chunk.iter().zip(logits) {
