@@ -14,5 +14,7 @@ pub mod optim;
 pub mod run;
 pub mod schedule;
 pub mod score;
+#[cfg(test)]
+mod torch_parity;
 
 pub use error::{Error, Result};
