@@ -1122,6 +1122,80 @@ fn recipe_options_are_recorded_and_bad_ones_refused() {
 }
 
 #[test]
+fn the_cpu_hour_recipe_fills_in_what_no_flag_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for i in 0..4 {
+        write_phantom(&data, &format!("case{i}_1"), 200 + i, 32);
+    }
+    let data_s = data.to_str().unwrap();
+    let config_of = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
+    };
+    let run = tmp.path().join("run");
+    let out = d2a(&[
+        "train",
+        "-q",
+        "--train",
+        data_s,
+        "--recipe",
+        "cpu-hour",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--whole-slice",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let cfg = config_of(&run);
+    assert_eq!(cfg["fit"]["adam"]["lr"], 1e-3);
+    assert_eq!(cfg["fit"]["epochs"], 1);
+    assert_eq!(cfg["size"], 32);
+    assert_eq!(cfg["normalise"], "percentile");
+    assert_eq!(cfg["threshold_on_val"], true);
+    assert_eq!(cfg["whole_slice"], true);
+    let meta = d2a_model::checkpoint::read_metadata(&run.join("best.safetensors")).unwrap();
+    // Whole slices: inference at the training side, not 5/4 of it.
+    assert_eq!(meta["d2a.input_size"], "32");
+    assert!(meta.contains_key("d2a.threshold"), "{meta:?}");
+
+    // A flag overrides the recipe; the paper's recipe leaves the paper's settings.
+    let other = tmp.path().join("other");
+    let out = d2a(&[
+        "train",
+        "-q",
+        "--train",
+        data_s,
+        "--recipe",
+        "cpu-hour",
+        "--normalise",
+        "none",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let cfg = config_of(&other);
+    assert_eq!(cfg["normalise"], "none");
+    assert_eq!(cfg["whole_slice"], false);
+    let meta = d2a_model::checkpoint::read_metadata(&other.join("best.safetensors")).unwrap();
+    assert_eq!(meta["d2a.input_size"], "48");
+    fails_with(
+        &["train", "--recipe", "cpu-hour", "--epochs", "1"],
+        &["--recipe is for real data"],
+    );
+}
+
+#[test]
 fn predict_reads_a_dicom_series_and_writes_a_mask_aligned_with_it() {
     use d2a_data::dicom::write::{CtSlice, write_ct_slice};
     let tmp = tempfile::tempdir().unwrap();

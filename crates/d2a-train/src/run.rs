@@ -91,6 +91,10 @@ pub struct RunConfig {
     /// top of the paper's (off: the paper's).
     #[serde(default)]
     pub intensity_augment: bool,
+    /// Train on whole slices resized to `size` (rotation, flips and intensity transforms, no
+    /// crop) and infer at `size`, instead of the paper's crops of `size` from 5/4 of it.
+    #[serde(default)]
+    pub whole_slice: bool,
 }
 
 /// How a run folder that already holds a run is treated.
@@ -368,7 +372,7 @@ impl Plan {
     }
 
     fn input_size(&self) -> usize {
-        eval_side(self.cfg.size, &self.model)
+        eval_side(self.cfg.size, self.cfg.whole_slice, &self.model)
     }
 
     /// What the checkpoints record for inference.
@@ -395,7 +399,8 @@ impl Plan {
                 val.len()
             )));
         }
-        let augment = AugmentConfig::for_crop(cfg.size).with_intensity(cfg.intensity_augment);
+        let augment =
+            augment_config(cfg.size, cfg.whole_slice).with_intensity(cfg.intensity_augment);
         let mut loading = LoaderConfig::train(cfg.batch, cfg.seed, augment);
         if let TrainData::Folder { .. } = cfg.train {
             // Slices are held at their own sizes and brought to the paper's side as used.
@@ -574,12 +579,26 @@ impl Plan {
     }
 }
 
-/// The model's input side at evaluation: the side training crops are cut from (crop · 5/4, the
-/// paper's 560/448), rounded to the model's size multiple, so that inference sees lesions at
-/// the scale training did.
-pub fn eval_side(crop: usize, model: &ModelConfig) -> usize {
+/// The training transforms: crops of `size` from slices resized to 5/4 of it (the paper's
+/// 448 from 560), or with `whole_slice` the whole slice resized to `size`.
+fn augment_config(size: usize, whole_slice: bool) -> AugmentConfig {
+    let crops = AugmentConfig::for_crop(size);
+    if whole_slice {
+        AugmentConfig {
+            resize: size,
+            ..crops
+        }
+    } else {
+        crops
+    }
+}
+
+/// The model's input side at evaluation: the side training slices were resized to before
+/// cropping (crop · 5/4, the paper's 560/448; the crop itself with `whole_slice`), rounded to
+/// the model's size multiple, so that inference sees lesions at the scale training did.
+pub fn eval_side(size: usize, whole_slice: bool, model: &ModelConfig) -> usize {
     let multiple = model.size_multiple();
-    let side = AugmentConfig::for_crop(crop).resize;
+    let side = augment_config(size, whole_slice).resize;
     (side.div_ceil(multiple) * multiple).max(multiple)
 }
 

@@ -33,6 +33,12 @@ pub struct Args {
     /// weights/<resnext50_32x4d|resnet101>.safetensors, from `cargo xtask convert-weights`].
     #[arg(long, value_name = "FILE")]
     pub backbone: Option<PathBuf>,
+    /// A bundle of settings for real data, each overridden by its own flag: paper (the paper's
+    /// protocol: 448 crops, 30 epochs, lr 1e-4, no normalisation) or cpu-hour (the best
+    /// measured in an hour on 2 CPU cores: 192 crops, 5 epochs, lr 1e-3, percentile
+    /// normalisation, threshold chosen on validation; docs/results.md).
+    #[arg(long, default_value = "paper")]
+    pub recipe: Recipe,
     /// Epochs [default: 30 on real data, 16 on phantoms].
     #[arg(long, value_parser = super::positive)]
     pub epochs: Option<usize>,
@@ -62,13 +68,17 @@ pub struct Args {
     /// Per-image intensity normalisation of every slice: none (the paper's), percentile (clip
     /// to the 0.5th-99.5th percentiles, rescale to [0, 1]) or clahe (min-max to 8 bits, then
     /// OpenCV's CLAHE with clip limit 7 on 8x8 tiles, as ma20-radiologist-256 was made);
-    /// recorded in the checkpoints, so eval and predict apply the same.
-    #[arg(long, default_value = "none")]
-    pub normalise: d2a_model::Normalise,
+    /// recorded in the checkpoints, so eval and predict apply the same [default: none].
+    #[arg(long, value_name = "NORMALISE")]
+    pub normalise: Option<d2a_model::Normalise>,
     /// Add nnU-Net's intensity augmentations to the paper's: contrast, brightness, Gaussian
     /// noise, blur and low resolution, each drawn with nnU-Net's probability.
     #[arg(long)]
     pub intensity_augment: bool,
+    /// Train on whole slices resized to --size (rotation, flips and intensity transforms, no
+    /// crop) and infer at --size, instead of the paper's crops of --size from 5/4 of it.
+    #[arg(long)]
+    pub whole_slice: bool,
     /// After the last epoch, choose the lesion probability threshold with the best validation
     /// Dice, record it in best.safetensors (eval and predict use it) and test with it.
     #[arg(long)]
@@ -105,7 +115,8 @@ pub struct Args {
     /// epochs in all (recorded in config.json).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay", "schedule",
-        "threshold_on_val", "normalise", "tversky_beta", "intensity_augment",
+        "threshold_on_val", "normalise", "tversky_beta", "intensity_augment", "whole_slice",
+        "recipe",
         "patience", "val_fraction", "val_volumes", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
@@ -119,6 +130,45 @@ pub struct Args {
     /// Print only results and errors.
     #[arg(skip)]
     pub quiet: bool,
+}
+
+/// A bundle of defaults for real data (`--recipe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recipe {
+    /// The paper's protocol (SPEC §4).
+    Paper,
+    /// The best result measured within an hour of training on 2 CPU cores (docs/results.md).
+    CpuHour,
+}
+
+/// Settings a recipe fills in where no flag gives them.
+struct RecipeDefaults {
+    size: usize,
+    epochs: usize,
+    lr: f64,
+    normalise: d2a_model::Normalise,
+    threshold_on_val: bool,
+}
+
+impl Recipe {
+    fn defaults(self) -> RecipeDefaults {
+        match self {
+            Recipe::Paper => RecipeDefaults {
+                size: 448,
+                epochs: 30,
+                lr: 1e-4,
+                normalise: d2a_model::Normalise::None,
+                threshold_on_val: false,
+            },
+            Recipe::CpuHour => RecipeDefaults {
+                size: 192,
+                epochs: 5,
+                lr: 1e-3,
+                normalise: d2a_model::Normalise::Percentile,
+                threshold_on_val: true,
+            },
+        }
+    }
 }
 
 /// Mean and standard deviation over repeats.
@@ -188,8 +238,13 @@ impl Args {
             };
             let cfg = self.config(seed)?;
             if !self.quiet {
+                let side = if cfg.whole_slice {
+                    "whole slices"
+                } else {
+                    "crops"
+                };
                 println!(
-                    "d2a train: {} on {}, {} epochs, batch {}, {}x{} crops, lr {:e}, seed {seed}, {} -> {}",
+                    "d2a train: {} on {}, {} epochs, batch {}, {}x{} {side}, lr {:e}, seed {seed}, {} -> {}",
                     cfg.model,
                     describe(&cfg.train),
                     cfg.fit.epochs,
@@ -219,10 +274,14 @@ impl Args {
     /// The run configuration for `seed`, with the defaults of the data kind filled in.
     fn config(&self, seed: u64) -> Result<RunConfig> {
         let synthetic = self.is_synthetic();
+        if synthetic && self.recipe != Recipe::Paper {
+            anyhow::bail!("--recipe is for real data: give the training data with --train");
+        }
+        let recipe = self.recipe.defaults();
         let pick = |given: Option<usize>, real: usize, phantoms: usize| {
             given.unwrap_or(if synthetic { phantoms } else { real })
         };
-        let size = pick(self.size, 448, 64);
+        let size = pick(self.size, recipe.size, 64);
         let train = match self.train.split_first() {
             None => TrainData::Synthetic {
                 slices: self.slices,
@@ -233,7 +292,7 @@ impl Args {
                 also: also.to_vec(),
             },
         };
-        let lr = self.lr.unwrap_or(if synthetic { 3e-3 } else { 1e-4 });
+        let lr = self.lr.unwrap_or(if synthetic { 3e-3 } else { recipe.lr });
         Ok(RunConfig {
             model: self.model.clone(),
             backbone: self.backbone.clone(),
@@ -245,7 +304,7 @@ impl Args {
             val_fraction: self.val_fraction,
             val_volumes: self.val_volumes.clone(),
             fit: FitConfig {
-                epochs: pick(self.epochs, 30, 16),
+                epochs: pick(self.epochs, recipe.epochs, 16),
                 adam: AdamConfig {
                     lr,
                     weight_decay: self.weight_decay,
@@ -259,9 +318,10 @@ impl Args {
                 schedule: self.schedule,
                 tversky_beta: self.tversky_beta,
             },
-            threshold_on_val: self.threshold_on_val,
-            normalise: self.normalise,
+            threshold_on_val: self.threshold_on_val || recipe.threshold_on_val,
+            normalise: self.normalise.unwrap_or(recipe.normalise),
             intensity_augment: self.intensity_augment,
+            whole_slice: self.whole_slice,
         })
     }
 
