@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType as _, bail,
 };
-use rayon::iter::{IndexedParallelIterator as _, IntoParallelIterator as _, ParallelIterator as _};
-use rayon::slice::{ParallelSlice as _, ParallelSliceMut as _};
+use rayon::iter::{IntoParallelIterator as _, ParallelIterator as _};
 
-use super::cpu::{Float, contiguous, with_float};
+use super::cpu::{Float, contiguous, lane_sums, par_planes, with_float};
 
 /// Per-channel statistics the normalisation used.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,11 +52,11 @@ fn batch_stats<T: Float>(x: &[T], (b, c, hw): (usize, usize, usize)) -> BnStats 
             let planes = || (0..b).map(move |i| &x[(i * c + ch) * hw..][..hw]);
             let n = (b * hw) as f64;
             let mean = planes()
-                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+                .map(|p| lane_sums(p, p, |v, _| [v.to_f64()])[0])
                 .sum::<f64>()
                 / n;
             let var = planes()
-                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                .map(|p| lane_sums(p, p, |v, _| [(v.to_f64() - mean).powi(2)])[0])
                 .sum::<f64>()
                 / n;
             (mean, var)
@@ -129,18 +128,21 @@ impl CustomOp3 for BnAct {
                     )
                 })
                 .unzip();
-            let mut y = vec![T::from_f64(0.0); x.len()];
             let zero = T::from_f64(0.0);
-            y.par_chunks_mut(hw)
-                .zip(x.par_chunks(hw))
-                .enumerate()
-                .for_each(|(plane, (y, x))| {
-                    let (s, t) = (scale[plane % c], shift[plane % c]);
+            let y = par_planes(x.len(), hw, |plane, y| {
+                let (s, t) = (scale[plane % c], shift[plane % c]);
+                let x = &x[plane * hw..][..y.len()];
+                if self.relu {
                     for (y, &x) in y.iter_mut().zip(x) {
                         let v = x * s + t;
-                        *y = if self.relu && v < zero { zero } else { v };
+                        y.write(if v < zero { zero } else { v });
                     }
-                });
+                } else {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        y.write(x * s + t);
+                    }
+                }
+            });
             T::to_cpu_storage_owned(y)
         });
         Ok((y, xl.shape().clone()))
@@ -212,55 +214,70 @@ impl CustomOp2 for BnGrad {
                 .iter()
                 .map(|v| 1.0 / (v + self.eps).sqrt())
                 .collect();
-            let xhat = |ch: usize, v: T| (v.to_f64() - self.stats.mean[ch]) * invstd[ch];
-            // The gradient reaching the normalised value: dy where the ReLU passed it.
-            let dz = |ch: usize, v: T, d: T| {
-                let d = d.to_f64();
-                if self.relu && self.gamma[ch] * xhat(ch, v) + self.beta[ch] < 0.0 {
-                    0.0
-                } else {
-                    d
-                }
+            // The gradient reaching the normalised value (dy where the ReLU passed it) and x̂,
+            // for a channel's (mean, 1/std, gamma, beta).
+            let relu = self.relu;
+            let dz_xhat = move |(mean, invstd, gamma, beta): (f64, f64, f64, f64), v: T, d: T| {
+                let xhat = (v.to_f64() - mean) * invstd;
+                let passed = !relu || gamma * xhat + beta >= 0.0;
+                (if passed { d.to_f64() } else { 0.0 }, xhat)
+            };
+            let channel = |ch: usize| {
+                (
+                    self.stats.mean[ch],
+                    invstd[ch],
+                    self.gamma[ch],
+                    self.beta[ch],
+                )
             };
             // Per channel: Σ dz (dbeta) and Σ dz·x̂ (dgamma).
             let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
                 .into_par_iter()
                 .map(|ch| {
+                    let k = channel(ch);
                     let (mut sd, mut sdx) = (0.0, 0.0);
                     for i in 0..b {
                         let at = (i * c + ch) * hw;
-                        for (&v, &d) in x[at..at + hw].iter().zip(&dy[at..at + hw]) {
-                            let g = dz(ch, v, d);
-                            sd += g;
-                            sdx += g * xhat(ch, v);
-                        }
+                        let [d, dx] = lane_sums(&x[at..at + hw], &dy[at..at + hw], |v, d| {
+                            let (g, xhat) = dz_xhat(k, v, d);
+                            [g, g * xhat]
+                        });
+                        sd += d;
+                        sdx += dx;
                     }
                     (sd, sdx)
                 })
                 .unzip();
             let n = self.stats.count as f64;
-            let mut out = vec![T::from_f64(0.0); x.len() + 2 * c];
-            let (dx, rest) = out.split_at_mut(x.len());
-            dx.par_chunks_mut(hw)
-                .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-                .enumerate()
-                .for_each(|(plane, (dx, (x, dy)))| {
-                    let ch = plane % c;
-                    let k = self.gamma[ch] * invstd[ch];
-                    let (mean_d, mean_dx) = (dbeta[ch] / n, dgamma[ch] / n);
-                    for ((o, &v), &d) in dx.iter_mut().zip(x).zip(dy) {
-                        let g = dz(ch, v, d);
-                        *o = T::from_f64(if self.train {
-                            k * (g - mean_d - xhat(ch, v) * mean_dx)
-                        } else {
-                            k * g
-                        });
+            let planes = b * c;
+            // dx plane by plane, then dgamma and dbeta: 2c values in the chunks after the
+            // last plane.
+            let out = par_planes(x.len() + 2 * c, hw, |plane, out| {
+                if plane >= planes {
+                    let first = (plane - planes) * hw;
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let at = first + j;
+                        o.write(T::from_f64(if at < c { dgamma[at] } else { dbeta[at - c] }));
                     }
-                });
-            for ch in 0..c {
-                rest[ch] = T::from_f64(dgamma[ch]);
-                rest[c + ch] = T::from_f64(dbeta[ch]);
-            }
+                    return;
+                }
+                let ch = plane % c;
+                let kc = channel(ch);
+                let k = kc.2 * kc.1;
+                let (mean_d, mean_dx) = (dbeta[ch] / n, dgamma[ch] / n);
+                let at = plane * hw;
+                let (x, dy) = (&x[at..at + hw], &dy[at..at + hw]);
+                if self.train {
+                    for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
+                        let (g, xhat) = dz_xhat(kc, v, d);
+                        o.write(T::from_f64(k * (g - mean_d - xhat * mean_dx)));
+                    }
+                } else {
+                    for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
+                        o.write(T::from_f64(k * dz_xhat(kc, v, d).0));
+                    }
+                }
+            });
             T::to_cpu_storage_owned(out)
         });
         Ok((out, Shape::from(b * c * hw + 2 * c)))

@@ -44,3 +44,67 @@ macro_rules! with_float {
     };
 }
 pub(crate) use with_float;
+
+/// A vector of `len` elements written plane by plane: `fill(p, out)` writes every element of
+/// plane `p` (`plane` elements; the last may be shorter), in parallel, with no zero-fill first.
+pub(crate) fn par_planes<T: Float>(
+    len: usize,
+    plane: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    use rayon::iter::{IndexedParallelIterator as _, ParallelIterator as _};
+    use rayon::slice::ParallelSliceMut as _;
+    let mut out = Vec::with_capacity(len);
+    if len > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(p, chunk)| fill(p, chunk));
+    }
+    // SAFETY: every chunk of the first `len` elements was written by `fill`, whose contract is
+    // to write all of its chunk.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Lanes of [`lane_sums`]: independent partial sums, so that the loop vectorises (one running
+/// f64 sum is bound by the latency of each addition).
+pub(crate) const LANES: usize = 16;
+
+/// Adds `f(a[i], b[i])` over the two slices (of one length) into `S` sums at once, each split
+/// over [`LANES`] partial sums (element `i` into lane `i % LANES`) that are then combined
+/// pairwise in a fixed order: the result depends only on the data, never on the thread count.
+#[inline(always)]
+pub(crate) fn lane_sums<T: Float, const S: usize>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(T, T) -> [f64; S],
+) -> [f64; S] {
+    let mut acc = [[0.0f64; LANES]; S];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (ca, cb) in ca.zip(cb) {
+        for l in 0..LANES {
+            let v = f(ca[l], cb[l]);
+            for s in 0..S {
+                acc[s][l] += v[s];
+            }
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        let v = f(x, y);
+        for s in 0..S {
+            acc[s][l] += v[s];
+        }
+    }
+    acc.map(|mut a| {
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                a[l] += a[l + width];
+            }
+        }
+        a[0]
+    })
+}

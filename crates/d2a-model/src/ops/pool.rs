@@ -7,6 +7,9 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType as _, bail,
 };
 
+use rayon::iter::{IndexedParallelIterator as _, ParallelIterator as _};
+use rayon::slice::{ParallelSlice as _, ParallelSliceMut as _};
+
 use super::cpu::{Float, contiguous, with_float};
 
 /// Window geometry of a square max pool.
@@ -81,9 +84,11 @@ impl CustomOp1 for Pool {
         let y = with_float!(s, self.name(), |T| {
             let x = contiguous::<T>(s, l, self.name())?;
             let mut y = vec![T::from_f64(0.0); planes * ho * wo];
-            for (plane, out) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(ho * wo)) {
-                self.argmax(plane, (h, w, ho, wo), |o, i| out[o] = plane[i]);
-            }
+            y.par_chunks_exact_mut((ho * wo).max(1))
+                .zip(x.par_chunks_exact((h * w).max(1)))
+                .for_each(|(out, plane)| {
+                    self.argmax(plane, (h, w, ho, wo), |o, i| out[o] = plane[i]);
+                });
             T::to_cpu_storage_owned(y)
         });
         let dims = l.dims();
@@ -124,14 +129,13 @@ impl CustomOp2 for PoolGrad {
             let x = contiguous::<T>(xs, xl, self.name())?;
             let gy = contiguous::<T>(gs, gl, self.name())?;
             let mut gx = vec![T::from_f64(0.0); x.len()];
-            for ((plane, g_out), g_in) in x
-                .chunks_exact(h * w)
-                .zip(gy.chunks_exact(ho * wo))
-                .zip(gx.chunks_exact_mut(h * w))
-            {
-                self.0
-                    .argmax(plane, (h, w, ho, wo), |o, i| g_in[i] += g_out[o]);
-            }
+            gx.par_chunks_exact_mut((h * w).max(1))
+                .zip(x.par_chunks_exact((h * w).max(1)))
+                .zip(gy.par_chunks_exact((ho * wo).max(1)))
+                .for_each(|((g_in, plane), g_out)| {
+                    self.0
+                        .argmax(plane, (h, w, ho, wo), |o, i| g_in[i] += g_out[o]);
+                });
             T::to_cpu_storage_owned(gx)
         });
         Ok((gx, xl.shape().clone()))
