@@ -1335,6 +1335,34 @@ print("highdicom ok")
         ),
         Err(_) => d2a_tests::skip("the SEG check with pydicom/highdicom (no python3)"),
     }
+    // Both outputs serve as the series' mask for `d2a prepare`, giving the same slices.
+    let mut manifests = Vec::new();
+    for (name, mask) in [
+        ("from-seg", seg_path.clone()),
+        ("from-nifti", out_dir.join("1.2.840.99.7_mask.nii.gz")),
+    ] {
+        let prep = tmp.path().join(name);
+        let out = d2a(&[
+            "prepare",
+            "--images",
+            series.to_str().unwrap(),
+            "--masks",
+            mask.to_str().unwrap(),
+            "--out",
+            prep.to_str().unwrap(),
+            "--size",
+            "32",
+            "--keep-empty",
+            "--json",
+        ]);
+        assert_success(&out);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["n_volumes"], 1);
+        assert_eq!(summary["n_slices_total"], 4);
+        assert_eq!(summary["n_slices_kept"], 4);
+        manifests.push(std::fs::read(prep.join("shard-0000.safetensors")).unwrap());
+    }
+    assert_eq!(manifests[0], manifests[1]);
 }
 
 /// pydicom's own CT test slice (a real scanner file that ships with pydicom), where pydicom is

@@ -264,7 +264,8 @@ pub fn write_mask_volume(info: &VolumeInfo, masks: &[Vec<u8>], path: &Path) -> R
     })
 }
 
-/// Writes `path` through a temporary sibling (`.NAME.partial-PID` + `extension`) that `write`
+/// Writes `path` through a temporary sibling (`.NAME-partial-PID` + `extension`, the dots of
+/// NAME made `_`) that `write`
 /// fills and that is then renamed, so a killed run never leaves a truncated file under the
 /// final name; the temporary file is removed when anything fails.
 pub(crate) fn write_through_temporary(
@@ -273,9 +274,11 @@ pub(crate) fn write_through_temporary(
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    // No dot before `extension`: the NIfTI writer re-derives its file name from the last one
+    // (`.mask.nii.partial-1.nii` would become `.mask.nii.nii`).
     let tmp = path.with_file_name(format!(
-        ".{}.partial-{}{extension}",
-        name.unwrap_or_default(),
+        ".{}-partial-{}{extension}",
+        name.unwrap_or_default().replace('.', "_"),
         std::process::id(),
     ));
     let written = write(&tmp).and_then(|()| {

@@ -10,10 +10,13 @@ use serde::Serialize;
 /// Arguments of `d2a prepare`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A NIfTI image volume, a folder of them, or a folder of 2-D slice images.
+    /// A NIfTI image volume, a folder of them, a folder of 2-D slice images, or a DICOM CT
+    /// series folder.
     #[arg(long, value_name = "PATH")]
     pub images: PathBuf,
-    /// The matching mask volume, folder of mask volumes, or folder of mask images.
+    /// The matching mask volume, folder of mask volumes, or folder of mask images; for a DICOM
+    /// series, a NIfTI volume on the series' voxel grid (any axis order, as its affine says) or
+    /// a binary DICOM SEG.
     #[arg(long, value_name = "PATH")]
     pub masks: PathBuf,
     /// The folder to create (it must not exist).

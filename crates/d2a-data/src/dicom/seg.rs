@@ -345,3 +345,143 @@ fn chrono_now() -> (String, String) {
         format!("{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60),
     )
 }
+
+/// Reads a binary DICOM SEG at `path` as one 0/1 mask per slice of `source` (`rows x columns`,
+/// in the series' slice order): every frame is placed on the slice its
+/// ReferencedSOPInstanceUID names (else the one at its ImagePositionPatient), and the frames of
+/// all segments are merged. Slices without a frame are empty.
+///
+/// Refused, naming the file: an object that is not a SEG, a SEG of another size, FRACTIONAL
+/// segmentations, compressed pixel data, pixel data shorter than its frames, a frame that
+/// lies on no slice of the series.
+pub fn read_seg(path: &Path, source: &SegSource) -> Result<Vec<Vec<u8>>> {
+    let err = |reason: String| dicom_error(path, reason);
+    let obj = open(path, false)?;
+    let sop_class = text(&obj, tags::SOP_CLASS_UID).unwrap_or_default();
+    if sop_class != SEGMENTATION_STORAGE {
+        return Err(err(format!(
+            "is not a DICOM Segmentation (SOP class {sop_class}); the mask of a DICOM series \
+             is a SEG or a NIfTI volume"
+        )));
+    }
+    let kind = text(&obj, tags::SEGMENTATION_TYPE).unwrap_or_default();
+    if kind != "BINARY" {
+        return Err(err(format!(
+            "is a {kind} segmentation; d2a reads BINARY ones"
+        )));
+    }
+    let int = |tag: Tag, name: &str| -> Result<usize> {
+        obj.get(tag)
+            .and_then(|e| e.to_int::<i64>().ok())
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| err(format!("has no valid {name}")))
+    };
+    let (rows, columns, frames) = (
+        int(tags::ROWS, "Rows")?,
+        int(tags::COLUMNS, "Columns")?,
+        int(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?,
+    );
+    let g = source.geometry;
+    if (rows, columns) != (g.rows, g.columns) {
+        return Err(err(format!(
+            "has {rows}x{columns} frames for a series of {}x{} slices",
+            g.rows, g.columns
+        )));
+    }
+    if int(tags::BITS_ALLOCATED, "BitsAllocated")? != 1 {
+        return Err(err("is binary but not 1 bit per pixel".into()));
+    }
+    let pixel = obj
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| err("has no pixel data".into()))?;
+    let bytes = match pixel.value() {
+        Value::Primitive(p) => p.to_bytes(),
+        _ => {
+            return Err(err(format!(
+                "holds compressed pixel data (transfer syntax {}); write the SEG uncompressed",
+                obj.meta().transfer_syntax()
+            )));
+        }
+    };
+    let plane = rows * columns;
+    let bits = plane
+        .checked_mul(frames)
+        .ok_or_else(|| err(format!("{frames} frames of {rows}x{columns} overflow")))?;
+    if bytes.len() * 8 < bits {
+        return Err(err(format!(
+            "pixel data holds {} bytes, fewer than its {frames} frames of {rows}x{columns} \
+             need ({} bytes)",
+            bytes.len(),
+            bits.div_ceil(8)
+        )));
+    }
+    let groups = obj
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items())
+        .unwrap_or(&[]);
+    if groups.len() != frames {
+        return Err(err(format!(
+            "describes {} frames in its per-frame functional groups but holds {frames}",
+            groups.len()
+        )));
+    }
+    let by_uid: std::collections::HashMap<&str, usize> = source
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(k, (_, uid))| (uid.as_str(), k))
+        .collect();
+    let mut masks = vec![vec![0u8; plane]; source.instances.len()];
+    for (f, group) in groups.iter().enumerate() {
+        let k = frame_slice(group, &by_uid, g)
+            .ok_or_else(|| err(format!("frame {} lies on no slice of the series", f + 1)))?;
+        for (i, m) in masks[k].iter_mut().enumerate() {
+            let bit = f * plane + i;
+            *m |= (bytes[bit / 8] >> (bit % 8)) & 1;
+        }
+    }
+    Ok(masks)
+}
+
+/// The series slice a SEG frame's functional group points at: by the SOP instance its source
+/// image reference names, else by its plane position (within 1% of the slice spacing and on
+/// the series' grid).
+fn frame_slice(
+    group: &InMemDicomObject,
+    by_uid: &std::collections::HashMap<&str, usize>,
+    g: &Geometry,
+) -> Option<usize> {
+    let first = |obj: &InMemDicomObject, tag: Tag| -> Option<InMemDicomObject> {
+        obj.get(tag)?.items()?.first().cloned()
+    };
+    let uid = first(group, tags::DERIVATION_IMAGE_SEQUENCE)
+        .and_then(|d| first(&d, tags::SOURCE_IMAGE_SEQUENCE))
+        .and_then(|s| {
+            s.get(tags::REFERENCED_SOP_INSTANCE_UID)?
+                .to_str()
+                .ok()
+                .map(|u| u.trim_end_matches(['\0', ' ']).to_string())
+        });
+    if let Some(k) = uid.and_then(|u| by_uid.get(u.as_str()).copied()) {
+        return Some(k);
+    }
+    let position = first(group, tags::PLANE_POSITION_SEQUENCE)?
+        .get(tags::IMAGE_POSITION_PATIENT)?
+        .to_multi_float64()
+        .ok()?;
+    let &[x, y, z] = position.as_slice() else {
+        return None;
+    };
+    let spacing = g.slice_spacing();
+    if spacing == 0.0 {
+        return None;
+    }
+    let d = [x - g.origin[0], y - g.origin[1], z - g.origin[2]];
+    let along = (0..3).map(|i| d[i] * g.step[i]).sum::<f64>() / (spacing * spacing);
+    let k = along.round();
+    let off = (0..3)
+        .map(|i| (d[i] - k * g.step[i]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    (k >= 0.0 && (k as usize) < by_uid.len() && off <= 0.01 * spacing).then_some(k as usize)
+}

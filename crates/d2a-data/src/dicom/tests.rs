@@ -258,3 +258,105 @@ fn rle_and_jpeg_2000_lossless_decode_as_uncompressed() {
         "HU range {lo}..{hi}"
     );
 }
+
+/// `d2a prepare` on a series: its mask as a NIfTI volume (stored as predict writes it, and with
+/// the slice axis reversed and the affine saying so) or as a SEG, each giving back the mask
+/// slice by slice; masks on another grid, another size or not a mask at all are refused.
+#[test]
+fn a_series_pairs_with_a_nifti_mask_or_a_seg() {
+    use crate::ReadOptions;
+    use crate::inputs::{read_input, write_mask_volume};
+    use crate::slice::Intensity;
+    let dir = tempfile::tempdir().unwrap();
+    let series_dir = dir.path().join("series");
+    let (c30, s30) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+    write_all(
+        &series_dir,
+        &series(5, [c30, s30, 0.0, 0.0, 0.0, -1.0], "1.2.3.9"),
+    );
+    // A lesion on slices 1 and 3 (of 4x6 each), different per slice.
+    let truth: Vec<Vec<u8>> = (0..5)
+        .map(|k| {
+            (0..24)
+                .map(|p| u8::from(k % 2 == 1 && p % (k + 2) == 0))
+                .collect()
+        })
+        .collect();
+    let input = read_input(&series_dir, Intensity::Auto).unwrap();
+    let (volume, dicom) = (input.volume.unwrap(), input.dicom.unwrap());
+    let opts = ReadOptions {
+        intensity: Intensity::Auto,
+        size: 8,
+        keep_empty: true,
+    };
+    let masks_of = |mask: &Path| -> Vec<Vec<u8>> {
+        let got = crate::readers::read_source(&series_dir, mask, &ReadOptions { size: 0, ..opts });
+        let got = got.unwrap_or_else(|e| panic!("{}: {e}", mask.display()));
+        assert_eq!((got.n_volumes, got.n_slices_total), (1, 5));
+        assert!(got.sources.iter().any(|(p, _)| p == mask));
+        got.slices.into_iter().map(|s| s.mask).collect()
+    };
+
+    let nii = dir.path().join("mask.nii.gz");
+    write_mask_volume(&volume, &truth, &nii).unwrap();
+    assert_eq!(masks_of(&nii), truth);
+
+    // The same mask stored with the slice axis reversed, its affine moved to match.
+    let mut flipped = volume.clone();
+    let h = &mut flipped.header;
+    for row in [&mut h.srow_x, &mut h.srow_y, &mut h.srow_z] {
+        row[3] += 4.0 * row[2];
+        row[2] = -row[2];
+    }
+    let reversed: Vec<Vec<u8>> = truth.iter().rev().cloned().collect();
+    let nii_flipped = dir.path().join("flipped.nii");
+    write_mask_volume(&flipped, &reversed, &nii_flipped).unwrap();
+    assert_eq!(masks_of(&nii_flipped), truth);
+
+    let seg = dir.path().join("mask_seg.dcm");
+    seg::write_seg(&dicom.seg_source(), &truth, &seg).unwrap();
+    assert_eq!(masks_of(&seg), truth);
+
+    // Only slices with lesion are kept by default, resized to the prepared side.
+    let kept = crate::readers::read_source(
+        &series_dir,
+        &seg,
+        &ReadOptions {
+            keep_empty: false,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!(kept.slices.len(), 2);
+    assert_eq!((kept.slices[0].height, kept.slices[0].width), (8, 8));
+
+    // Refused, naming the mask: a grid shifted by half a voxel, a series file as the mask,
+    // a text file.
+    let mut shifted = volume.clone();
+    shifted.header.srow_x[3] += 0.3;
+    let nii_shifted = dir.path().join("shifted.nii");
+    write_mask_volume(&shifted, &truth, &nii_shifted).unwrap();
+    let not_seg = std::fs::read_dir(&series_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = dir.path().join("mask.txt");
+    std::fs::write(&text, "no").unwrap();
+    for (mask, needle) in [
+        (&nii_shifted, "not on the series' voxel grid"),
+        (&not_seg, "not a DICOM Segmentation"),
+        (&text, "must be a NIfTI volume"),
+    ] {
+        let err = crate::readers::read_source(&series_dir, mask, &opts)
+            .err()
+            .unwrap_or_else(|| panic!("{} accepted", mask.display()))
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+        assert!(
+            err.contains(&mask.file_name().unwrap().to_string_lossy().to_string()),
+            "{err}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! with their masks, all turned into [`Slice`]s (SPEC §3).
 //!
 //! [`read_source`] accepts what `d2a prepare` accepts: an image file and a mask file, two folders
-//! of NIfTI volumes paired by file name, or two folders of 2-D images paired by stem.
+//! of NIfTI volumes paired by file name, two folders of 2-D images paired by stem, or a DICOM CT
+//! series folder with its mask as a NIfTI volume on the series' grid or a DICOM SEG.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use crate::slice::{Intensity, Provenance, Slice, check_finite};
 use crate::slice_files::{GrayMap, files_in, pair_by_stem};
 use crate::{Error, Result};
 
+mod dicom_pair;
 mod volume;
 
 pub(crate) use volume::read_volume;
@@ -127,6 +129,9 @@ pub fn read_source_with<T: Send>(
     opts: &ReadOptions,
     finish: Finish<T>,
 ) -> Result<ReadResult<T>> {
+    if crate::dicom::is_dicom_folder(images) {
+        return dicom_pair::read_dicom_pair_with(images, masks, opts, finish);
+    }
     if images.is_file() {
         let vol = read_nifti_pair_with(images, masks, opts, finish)?;
         return Ok(ReadResult {
