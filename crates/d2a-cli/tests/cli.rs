@@ -1132,62 +1132,33 @@ fn the_cpu_hour_recipe_fills_in_what_no_flag_gives() {
     let config_of = |run: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
     };
-    let run = tmp.path().join("run");
-    let out = d2a(&[
-        "train",
-        "-q",
-        "--train",
-        data_s,
-        "--recipe",
-        "cpu-hour",
-        "--epochs",
-        "1",
-        "--size",
-        "32",
-        "--batch",
-        "2",
-        "--whole-slice",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert_success(&out);
-    let cfg = config_of(&run);
+    // `--recipe cpu-hour` with `extra`, one epoch of 32-pixel slices, into `run`.
+    let train = |run: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train", "-q", "--train", data_s, "--recipe", "cpu-hour", "--epochs", "1", "--size",
+            "32", "--batch", "2", "--out",
+        ];
+        args.push(run.to_str().unwrap());
+        args.extend_from_slice(extra);
+        assert_success(&d2a(&args));
+        let meta = d2a_model::checkpoint::read_metadata(&run.join("best.safetensors")).unwrap();
+        (config_of(run), meta)
+    };
+    let (cfg, meta) = train(&tmp.path().join("run"), &["--whole-slice"]);
     assert_eq!(cfg["fit"]["adam"]["lr"], 1e-3);
     assert_eq!(cfg["fit"]["epochs"], 1);
     assert_eq!(cfg["size"], 32);
     assert_eq!(cfg["normalise"], "percentile");
     assert_eq!(cfg["threshold_on_val"], true);
     assert_eq!(cfg["whole_slice"], true);
-    let meta = d2a_model::checkpoint::read_metadata(&run.join("best.safetensors")).unwrap();
     // Whole slices: inference at the training side, not 5/4 of it.
     assert_eq!(meta["d2a.input_size"], "32");
     assert!(meta.contains_key("d2a.threshold"), "{meta:?}");
 
-    // A flag overrides the recipe; the paper's recipe leaves the paper's settings.
-    let other = tmp.path().join("other");
-    let out = d2a(&[
-        "train",
-        "-q",
-        "--train",
-        data_s,
-        "--recipe",
-        "cpu-hour",
-        "--normalise",
-        "none",
-        "--epochs",
-        "1",
-        "--size",
-        "32",
-        "--batch",
-        "2",
-        "--out",
-        other.to_str().unwrap(),
-    ]);
-    assert_success(&out);
-    let cfg = config_of(&other);
+    // A flag overrides the recipe.
+    let (cfg, meta) = train(&tmp.path().join("other"), &["--normalise", "none"]);
     assert_eq!(cfg["normalise"], "none");
     assert_eq!(cfg["whole_slice"], false);
-    let meta = d2a_model::checkpoint::read_metadata(&other.join("best.safetensors")).unwrap();
     assert_eq!(meta["d2a.input_size"], "48");
     fails_with(
         &["train", "--recipe", "cpu-hour", "--epochs", "1"],
