@@ -129,20 +129,23 @@ impl CustomOp3 for BnAct {
                 })
                 .unzip();
             let zero = T::from_f64(0.0);
-            let y = par_planes(x.len(), hw, |plane, y| {
-                let (s, t) = (scale[plane % c], shift[plane % c]);
-                let x = &x[plane * hw..][..y.len()];
-                if self.relu {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        let v = x * s + t;
-                        y.write(if v < zero { zero } else { v });
+            // SAFETY: both branches write every element of `y`.
+            let y = unsafe {
+                par_planes(x.len(), hw, |plane, y| {
+                    let (s, t) = (scale[plane % c], shift[plane % c]);
+                    let x = &x[plane * hw..][..y.len()];
+                    if self.relu {
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            let v = x * s + t;
+                            y.write(if v < zero { zero } else { v });
+                        }
+                    } else {
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            y.write(x * s + t);
+                        }
                     }
-                } else {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        y.write(x * s + t);
-                    }
-                }
-            });
+                })
+            };
             T::to_cpu_storage_owned(y)
         });
         Ok((y, xl.shape().clone()))
@@ -252,32 +255,36 @@ impl CustomOp2 for BnGrad {
             let planes = b * c;
             // dx plane by plane, then dgamma and dbeta: 2c values in the chunks after the
             // last plane.
-            let out = par_planes(x.len() + 2 * c, hw, |plane, out| {
-                if plane >= planes {
-                    let first = (plane - planes) * hw;
-                    for (j, o) in out.iter_mut().enumerate() {
-                        let at = first + j;
-                        o.write(T::from_f64(if at < c { dgamma[at] } else { dbeta[at - c] }));
+            // SAFETY: every branch writes every element of its chunk (the planes of dx, then
+            // the 2c values of dgamma and dbeta).
+            let out = unsafe {
+                par_planes(x.len() + 2 * c, hw, |plane, out| {
+                    if plane >= planes {
+                        let first = (plane - planes) * hw;
+                        for (j, o) in out.iter_mut().enumerate() {
+                            let at = first + j;
+                            o.write(T::from_f64(if at < c { dgamma[at] } else { dbeta[at - c] }));
+                        }
+                        return;
                     }
-                    return;
-                }
-                let ch = plane % c;
-                let kc = channel(ch);
-                let k = kc.2 * kc.1;
-                let (mean_d, mean_dx) = (dbeta[ch] / n, dgamma[ch] / n);
-                let at = plane * hw;
-                let (x, dy) = (&x[at..at + hw], &dy[at..at + hw]);
-                if self.train {
-                    for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
-                        let (g, xhat) = dz_xhat(kc, v, d);
-                        o.write(T::from_f64(k * (g - mean_d - xhat * mean_dx)));
+                    let ch = plane % c;
+                    let kc = channel(ch);
+                    let k = kc.2 * kc.1;
+                    let (mean_d, mean_dx) = (dbeta[ch] / n, dgamma[ch] / n);
+                    let at = plane * hw;
+                    let (x, dy) = (&x[at..at + hw], &dy[at..at + hw]);
+                    if self.train {
+                        for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
+                            let (g, xhat) = dz_xhat(kc, v, d);
+                            o.write(T::from_f64(k * (g - mean_d - xhat * mean_dx)));
+                        }
+                    } else {
+                        for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
+                            o.write(T::from_f64(k * dz_xhat(kc, v, d).0));
+                        }
                     }
-                } else {
-                    for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
-                        o.write(T::from_f64(k * dz_xhat(kc, v, d).0));
-                    }
-                }
-            });
+                })
+            };
             T::to_cpu_storage_owned(out)
         });
         Ok((out, Shape::from(b * c * hw + 2 * c)))

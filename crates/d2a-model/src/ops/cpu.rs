@@ -47,7 +47,11 @@ pub(crate) use with_float;
 
 /// A vector of `len` elements written plane by plane: `fill(p, out)` writes every element of
 /// plane `p` (`plane` elements; the last may be shorter), in parallel, with no zero-fill first.
-pub(crate) fn par_planes<T: Float>(
+///
+/// # Safety
+/// `fill` must write every element of the chunk it is given (a panic inside it is fine: it
+/// propagates before the vector's length is set).
+pub(crate) unsafe fn par_planes<T: Float>(
     len: usize,
     plane: usize,
     fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
