@@ -433,7 +433,7 @@ pub fn read_seg(path: &Path, source: &SegSource) -> Result<Vec<Vec<u8>>> {
         .collect();
     let mut masks = vec![vec![0u8; plane]; source.instances.len()];
     for (f, group) in groups.iter().enumerate() {
-        let k = frame_slice(group, &by_uid, g)
+        let k = frame_slice(group, &by_uid, source.instances.len(), g)
             .ok_or_else(|| err(format!("frame {} lies on no slice of the series", f + 1)))?;
         for (i, m) in masks[k].iter_mut().enumerate() {
             let bit = f * plane + i;
@@ -449,6 +449,7 @@ pub fn read_seg(path: &Path, source: &SegSource) -> Result<Vec<Vec<u8>>> {
 fn frame_slice(
     group: &InMemDicomObject,
     by_uid: &std::collections::HashMap<&str, usize>,
+    n_slices: usize,
     g: &Geometry,
 ) -> Option<usize> {
     let first = |obj: &InMemDicomObject, tag: Tag| -> Option<InMemDicomObject> {
@@ -483,5 +484,5 @@ fn frame_slice(
         .map(|i| (d[i] - k * g.step[i]).powi(2))
         .sum::<f64>()
         .sqrt();
-    (k >= 0.0 && (k as usize) < by_uid.len() && off <= 0.01 * spacing).then_some(k as usize)
+    (k >= 0.0 && (k as usize) < n_slices && off <= 0.01 * spacing).then_some(k as usize)
 }
