@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use crate::attention::Dam;
 use crate::cost::{Cost, Shape4};
 use crate::nn::ConvBn;
-use crate::ops::Conv2dConfig;
+use crate::ops::{Conv2dConfig, add_relu};
 
 /// `relu(DAM(HDC(x)) + shortcut(x))`, `c_in -> c_out`.
 #[derive(Debug, Clone)]
@@ -83,6 +83,6 @@ impl ModuleT for Rab {
             Some(sc) => sc.forward_t(x, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        add_relu(&y, &shortcut)
     }
 }

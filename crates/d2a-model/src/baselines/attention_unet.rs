@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use super::unet::{UNet, UNetConfig};
 use crate::cost::{Cost, Shape4};
 use crate::nn::ConvBn;
-use crate::ops::Conv2dConfig;
+use crate::ops::{Conv2dConfig, add_relu};
 
 /// The additive attention gate; weights at `wg`, `wx`, `psi` (each `{conv,bn}`).
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ impl AttentionGate {
 
     /// `g`: `[B, C_g, H, W]`, `x`: `[B, C_x, H, W]` -> `α · x`, `[B, C_x, H, W]`.
     pub(super) fn forward_t(&self, g: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
-        let f = (self.wg.forward_t(g, train)? + self.wx.forward_t(x, train)?)?.relu()?;
+        let f = add_relu(&self.wg.forward_t(g, train)?, &self.wx.forward_t(x, train)?)?;
         let alpha = candle_nn::ops::sigmoid(&self.psi.forward_t(&f, train)?)?;
         x.broadcast_mul(&alpha)
     }

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::cost::{Cost, Shape4};
 use crate::nn::ConvBn;
-use crate::ops::{Conv2dConfig, max_pool2d};
+use crate::ops::{Conv2dConfig, add_relu, max_pool2d};
 
 /// Depth and width of a ResNeXt (or, with one group, a ResNet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ impl ModuleT for Bottleneck {
             Some(ds) => ds.forward_t(x, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        add_relu(&y, &shortcut)
     }
 }
 

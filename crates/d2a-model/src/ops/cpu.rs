@@ -45,6 +45,23 @@ macro_rules! with_float {
 }
 pub(crate) use with_float;
 
+/// A raw pointer that the work items of one kernel, on different threads, write through, each
+/// to its own elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+
+// SAFETY: only used for disjoint writes from the work items of one kernel call, which ends
+// before the buffer is read or dropped.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// A vector of `len` elements written plane by plane: `fill(p, out)` writes every element of
 /// plane `p` (`plane` elements; the last may be shorter), in parallel, with no zero-fill first.
 ///
@@ -101,14 +118,18 @@ pub(crate) fn lane_sums<T: Float, const S: usize>(
             acc[s][l] += v[s];
         }
     }
-    acc.map(|mut a| {
-        let mut width = LANES;
-        while width > 1 {
-            width /= 2;
-            for l in 0..width {
-                a[l] += a[l + width];
-            }
+    acc.map(combine_lanes)
+}
+
+/// The [`LANES`] partial sums of one sum, combined pairwise in a fixed order.
+#[inline(always)]
+pub(crate) fn combine_lanes(mut a: [f64; LANES]) -> f64 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            a[l] += a[l + width];
         }
-        a[0]
-    })
+    }
+    a[0]
 }

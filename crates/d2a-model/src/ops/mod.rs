@@ -2,8 +2,8 @@
 //! differentiable: [`conv2d`] (any stride, padding, dilation, groups) and [`conv2d_affine`]
 //! (with a per-channel scale/shift and ReLU in its kernel), [`batch_norm_act`] (BatchNorm + ReLU
 //! fused), [`max_pool2d`] (with padding), [`resize_bilinear`] and [`up2`] (bilinear,
-//! `align_corners = false`), and [`attend`] (the attention apply `x ⊙ Mc ⊗ Ms`, as two
-//! broadcast multiplies on candle's own ops).
+//! `align_corners = false`), [`attend`] (the attention apply `x ⊙ Mc ⊗ Ms`) and [`add_relu`]
+//! (the end of a residual block), the last two fused into one pass each way.
 //!
 //! The kernels run on the CPU in f32 and f64; every one has a finite-difference gradient test in
 //! f64 (`tests.rs`). Convolution (grouped, strided, dilated), max-pool and ×2 upsampling are also
@@ -15,12 +15,14 @@ mod batch_norm;
 mod conv;
 mod cpu;
 mod pool;
+mod residual;
 mod upsample;
 
 pub use attention::attend;
 pub use batch_norm::{BnStats, batch_norm_act};
 pub use conv::{Conv2dConfig, ConvBackend, conv_backend, conv2d, conv2d_affine, set_conv_backend};
 pub use pool::max_pool2d;
+pub use residual::add_relu;
 pub use upsample::{resize_bilinear, up2};
 
 #[cfg(test)]

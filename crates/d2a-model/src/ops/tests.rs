@@ -421,6 +421,94 @@ fn attend_gradient_and_shape_errors() -> Result<()> {
     Ok(())
 }
 
+/// Output and every input's gradient of `f` (an op) and `reference` (the same function on
+/// candle's ops) on the same inputs, in `dtype`, with `sum(y · r)` as the loss.
+fn op_and_reference(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    reference: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    dtype: DType,
+) -> Result<[Vec<Vec<f64>>; 2]> {
+    let run = |g: &dyn Fn(&[Tensor]) -> Result<Tensor>| -> Result<Vec<Vec<f64>>> {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_dtype(dtype)?))
+            .collect::<Result<_>>()?;
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = g(&ts)?;
+        let r = pseudo_random(y.dims(), 7)?.to_dtype(dtype)?;
+        let grads = (&y * &r)?.sum_all()?.backward()?;
+        let mut out = vec![y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?];
+        for v in &vars {
+            let g = grads.get(v).expect("every input gets a gradient");
+            out.push(g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+        }
+        Ok(out)
+    };
+    Ok([run(&f)?, run(&reference)?])
+}
+
+/// Asserts `|a − b| <= tol · (1 + |b|)` element by element.
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn attend_matches_candle_over_several_chunks() -> Result<()> {
+    // 65·70 = 4550 pixels: two work items of the backward per image, full lanes and a tail.
+    let inputs = [
+        pseudo_random(&[2, 3, 65, 70], 4)?,
+        pseudo_random(&[2, 3, 1, 1], 5)?,
+        pseudo_random(&[2, 1, 65, 70], 6)?,
+    ];
+    let fused = |t: &[Tensor]| attend(&t[0], &t[1], &t[2]);
+    let candle = |t: &[Tensor]| t[0].broadcast_mul(&t[1])?.broadcast_mul(&t[2]);
+    let [ours, theirs] = op_and_reference(fused, candle, &inputs, DType::F32)?;
+    // The forward and dx multiply in candle's order: equal bit for bit.
+    assert_eq!(ours[0], theirs[0]);
+    assert_eq!(ours[1], theirs[1]);
+    // The map gradients sum in f64 here, in f32 in candle.
+    assert_close(&ours[2], &theirs[2], 1e-4, "dmc");
+    assert_close(&ours[3], &theirs[3], 1e-5, "dms");
+    let [ours, theirs] = op_and_reference(fused, candle, &inputs, DType::F64)?;
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_close(a, b, 1e-12, &format!("f64 output {i}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn add_relu_gradient_matches_candle_and_rejects_mismatched_shapes() -> Result<()> {
+    let (a, b) = (pseudo_random(&[2, 3, 4, 5], 8)?, pseudo_random(&[2, 3, 4, 5], 9)?);
+    check_gradients(|t| add_relu(&t[0], &t[1]), &[a.clone(), b.clone()])?;
+    // Several parallel chunks; a sum of exactly zero in the middle (candle's ReLU passes the
+    // gradient there) and NaN at the start (ReLU gives 0 and no gradient).
+    let big = pseudo_random(&[2, 3, 130, 140], 10)?;
+    let mut other = pseudo_random(&[2, 3, 130, 140], 11)?.flatten_all()?.to_vec1::<f32>()?;
+    let first = big.flatten_all()?.to_vec1::<f32>()?;
+    other[50_000] = -first[50_000];
+    other[0] = f32::NAN;
+    let other = Tensor::from_vec(other, big.dims(), &Device::Cpu)?;
+    let [ours, theirs] = op_and_reference(
+        |t| add_relu(&t[0], &t[1]),
+        |t| (&t[0] + &t[1])?.relu(),
+        &[big, other],
+        DType::F32,
+    )?;
+    assert_eq!(ours, theirs);
+    assert_eq!((ours[0][0], ours[1][0]), (0.0, 0.0));
+    assert!(ours[1][50_000] != 0.0);
+    let err = add_relu(&a, &b.narrow(3, 0, 4)?).unwrap_err().to_string();
+    assert!(err.contains("differ in shape"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn ops_match_pytorch_fixtures() -> Result<()> {
     check_fixture("up2", |x, _| up2(x))?;

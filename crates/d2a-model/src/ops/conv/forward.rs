@@ -4,10 +4,10 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDTyp
 
 use super::Conv2dConfig;
 use super::affine::Epilogue;
-use super::gemm::{SharedMut, for_each_item, matmul};
+use super::gemm::{for_each_item, matmul};
 use super::geometry::Geometry;
 use super::grad::{Conv2dInputGrad, Conv2dWeightGrad};
-use crate::ops::cpu::{Float, contiguous, with_float};
+use crate::ops::cpu::{Float, SharedMut, contiguous, with_float};
 
 /// Convolution forward: `(x, w) -> y`.
 pub(super) struct Conv2dFwd(pub(super) Conv2dConfig);

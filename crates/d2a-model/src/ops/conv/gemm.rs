@@ -5,22 +5,6 @@ use rayon::iter::{IntoParallelIterator as _, ParallelIterator as _};
 
 use crate::ops::cpu::Float;
 
-/// A raw pointer that work items on different threads write through, each to its own elements.
-#[derive(Clone, Copy)]
-pub(super) struct SharedMut<T>(pub(super) *mut T);
-
-// SAFETY: only used for disjoint writes from the work items of one call, which ends before the
-// buffer is read or dropped.
-unsafe impl<T: Send> Send for SharedMut<T> {}
-unsafe impl<T: Send> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
-    pub(super) fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 /// Runs `f(scratch, item)` for items `0..n`, on all threads when `parallel`, each thread with its
 /// own scratch buffer.
 pub(super) fn for_each_item<T: Float>(
