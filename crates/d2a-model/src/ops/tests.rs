@@ -166,8 +166,9 @@ fn conv2d_matches_candle_where_candle_is_right() -> Result<()> {
 }
 
 /// Shapes large enough to take the tiled, multi-threaded paths (several row tiles per image,
-/// more work items than threads, the transposed-convolution input gradient and the col2im one):
-/// forward and both gradients against candle's convolution, which is right (if slow) on these.
+/// more work items than threads, one work item with its im2col spread over the threads, the
+/// transposed-convolution input gradient and the col2im one): forward and both gradients
+/// against candle's convolution, which is right (if slow) on these.
 #[test]
 fn conv2d_tiled_paths_match_candle_with_gradients() -> Result<()> {
     let cases = [
@@ -178,6 +179,9 @@ fn conv2d_tiled_paths_match_candle_with_gradients() -> Result<()> {
         ([1, 16, 50, 50], [8, 16, 3, 3], 1, 5, 5, 1),
         ([2, 48, 30, 30], [40, 48, 1, 1], 1, 0, 1, 1),
         ([3, 16, 34, 34], [16, 16, 1, 1], 2, 0, 1, 1),
+        // One work item: im2col spread over the threads, each GEMM threaded.
+        ([1, 8, 20, 20], [8, 8, 3, 3], 1, 1, 1, 1),
+        ([1, 8, 21, 19], [8, 8, 3, 3], 2, 1, 1, 1),
     ];
     for (i, (xd, wd, stride, padding, dilation, groups)) in cases.into_iter().enumerate() {
         let x = Var::from_tensor(&pseudo_random(&xd, 10 + i as u64)?)?;
@@ -485,12 +489,17 @@ fn attend_matches_candle_over_several_chunks() -> Result<()> {
 
 #[test]
 fn add_relu_gradient_matches_candle_and_rejects_mismatched_shapes() -> Result<()> {
-    let (a, b) = (pseudo_random(&[2, 3, 4, 5], 8)?, pseudo_random(&[2, 3, 4, 5], 9)?);
+    let (a, b) = (
+        pseudo_random(&[2, 3, 4, 5], 8)?,
+        pseudo_random(&[2, 3, 4, 5], 9)?,
+    );
     check_gradients(|t| add_relu(&t[0], &t[1]), &[a.clone(), b.clone()])?;
     // Several parallel chunks; a sum of exactly zero in the middle (candle's ReLU passes the
     // gradient there) and NaN at the start (ReLU gives 0 and no gradient).
     let big = pseudo_random(&[2, 3, 130, 140], 10)?;
-    let mut other = pseudo_random(&[2, 3, 130, 140], 11)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut other = pseudo_random(&[2, 3, 130, 140], 11)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let first = big.flatten_all()?.to_vec1::<f32>()?;
     other[50_000] = -first[50_000];
     other[0] = f32::NAN;

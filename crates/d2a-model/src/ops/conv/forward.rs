@@ -42,7 +42,7 @@ impl Conv2dFwd {
             let (rhs, rhs_rs) = if geo.is_pointwise() {
                 (&x_bg[n0..], n)
             } else {
-                geo.im2col(x_bg, (oy0, oy1), cols);
+                geo.im2col(x_bg, (oy0, oy1), cols, !geo.parallel_items());
                 (&cols[..], tn)
             };
             // SAFETY: item (b, g, t) alone writes rows `g·og..(g+1)·og` of image b, columns

@@ -3,12 +3,20 @@
 
 use candle_core::{Result, bail};
 use gemm::Parallelism;
+use rayon::iter::{IndexedParallelIterator as _, ParallelIterator as _};
+use rayon::slice::ParallelSliceMut as _;
 
 use super::Conv2dConfig;
 use crate::ops::cpu::Float;
 
 /// Elements of the im2col block one tile works on (256 KiB of f32).
 const TILE_ELEMS: usize = 1 << 16;
+
+/// Output pixels a tile holds at least, whatever its im2col block costs: with fewer, a deep
+/// layer (k = 9·2048, 28 pixels a row) would re-pack its weights for every tile of the forward
+/// and re-read its whole weight-gradient accumulator for every few pixels, costing more memory
+/// traffic than the GEMM itself.
+const MIN_TILE_PIXELS: usize = 256;
 
 /// GEMMs smaller than this many multiply-adds run on one thread.
 pub(super) const GEMM_PARALLEL_MIN: usize = 1 << 18;
@@ -134,9 +142,12 @@ impl Geometry {
     }
 
     /// Output rows per tile: a tile's im2col block (`k() x rows·wo`) stays near [`TILE_ELEMS`]
-    /// elements, so it lives in cache and costs no page faults.
+    /// elements, so it lives in cache, unless that leaves fewer than [`MIN_TILE_PIXELS`] pixels.
     pub(super) fn rows_per_tile(&self) -> usize {
-        (TILE_ELEMS / (self.k() * self.wo).max(1)).clamp(1, self.ho.max(1))
+        let wo = self.wo.max(1);
+        (TILE_ELEMS / (self.k() * wo).max(1))
+            .max(MIN_TILE_PIXELS.div_ceil(wo))
+            .clamp(1, self.ho.max(1))
     }
 
     pub(super) fn tiles(&self) -> usize {
@@ -150,15 +161,24 @@ impl Geometry {
     }
 
     /// Fills `cols` (`k() x (oy1 − oy0)·wo`, row-major) with the im2col block of output rows
-    /// `[oy0, oy1)` from the group's input planes `x` (`C_g x H x W`).
-    pub(super) fn im2col<T: Float>(&self, x: &[T], (oy0, oy1): (usize, usize), cols: &mut Vec<T>) {
+    /// `[oy0, oy1)` from the group's input planes `x` (`C_g x H x W`), its rows spread over the
+    /// threads when `parallel` (for a caller that runs one work item at a time).
+    pub(super) fn im2col<T: Float>(
+        &self,
+        x: &[T],
+        (oy0, oy1): (usize, usize),
+        cols: &mut Vec<T>,
+        parallel: bool,
+    ) {
         let (sh, sw) = self.cfg.stride;
         let (ph, pw) = self.cfg.padding;
         let (dh, dw) = self.cfg.dilation;
         let zero = T::from_f64(0.0);
         let tn = (oy1 - oy0) * self.wo;
-        cols.resize(self.k() * tn, zero);
-        for (row, out) in cols.chunks_exact_mut(tn).enumerate() {
+        // Not zero-filled where the rows below overwrite every element.
+        cols.clear();
+        cols.reserve(self.k() * tn);
+        let fill = |(row, out): (usize, &mut [std::mem::MaybeUninit<T>])| {
             let (c, ky, kx) = (
                 row / (self.kh * self.kw),
                 row / self.kw % self.kh,
@@ -174,28 +194,39 @@ impl Geometry {
                 .clamp(lo, self.wo);
             for (oy, out_row) in (oy0..oy1).zip(out.chunks_exact_mut(self.wo)) {
                 let Some(iy) = Self::src(oy, ky, sh, dh, ph, self.h) else {
-                    out_row.fill(zero);
+                    out_row.fill(std::mem::MaybeUninit::new(zero));
                     continue;
                 };
                 let in_row = &plane[iy * self.w..(iy + 1) * self.w];
-                out_row[..lo].fill(zero);
-                out_row[hi..].fill(zero);
+                out_row[..lo].fill(std::mem::MaybeUninit::new(zero));
+                out_row[hi..].fill(std::mem::MaybeUninit::new(zero));
                 if lo == hi {
                     continue;
                 }
                 let first = lo * sw + shift - pw;
                 if sw == 1 {
-                    out_row[lo..hi].copy_from_slice(&in_row[first..first + hi - lo]);
+                    out_row[lo..hi].write_copy_of_slice(&in_row[first..first + hi - lo]);
                 } else {
                     for (v, &s) in out_row[lo..hi]
                         .iter_mut()
                         .zip(in_row[first..].iter().step_by(sw))
                     {
-                        *v = s;
+                        v.write(s);
                     }
                 }
             }
+        };
+        let rows = &mut cols.spare_capacity_mut()[..self.k() * tn];
+        if tn > 0 {
+            if parallel {
+                rows.par_chunks_exact_mut(tn).enumerate().for_each(fill);
+            } else {
+                rows.chunks_exact_mut(tn).enumerate().for_each(fill);
+            }
         }
+        // SAFETY: `fill` wrote every element of every row: zeros outside `[lo, hi)` and rows
+        // outside the image, the input inside.
+        unsafe { cols.set_len(self.k() * tn) };
     }
 
     /// Adds `cols` (`k() x (oy1 − oy0)·wo`) back into the group's input-gradient planes `gx`.

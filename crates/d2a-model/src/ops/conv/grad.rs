@@ -141,7 +141,7 @@ impl Conv2dWeightGrad {
                 let (rhs, rhs_cs) = if geo.is_pointwise() {
                     (&x_bg[n0..], n)
                 } else {
-                    geo.im2col(x_bg, (oy0, oy1), &mut cols);
+                    geo.im2col(x_bg, (oy0, oy1), &mut cols, chunks == 1);
                     (&cols[..], tn)
                 };
                 // SAFETY: `gw` is this chunk's own buffer; group g's block is `og x k`.
