@@ -114,7 +114,8 @@ impl AttendGrad {
         let (b, c, hw) = self.dims;
         let n = b * c * hw;
         let (mc, ms) = maps.split_at(b * c);
-        let chunks = hw.div_ceil(CHUNK);
+        // At least one item per image, so that an empty plane still writes its (zero) dmc.
+        let chunks = hw.div_ceil(CHUNK).max(1);
         let mut out: Vec<T> = Vec::with_capacity(n + b * c + b * hw);
         let out_ptr = SharedMut(out.as_mut_ptr());
         // Per item (image, chunk of pixels): its partial dmc, one per channel.
@@ -130,15 +131,24 @@ impl AttendGrad {
                     let at = (i * c + ch) * hw + p0;
                     let (g, v, m) = (&dy[at..][..len], &x[at..][..len], mc[i * c + ch]);
                     // SAFETY: item (i, chunk) alone writes dx of its pixels in every channel.
-                    let dx = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(at), len) };
+                    let dx = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.get().add(at).cast::<std::mem::MaybeUninit<T>>(),
+                            len,
+                        )
+                    };
                     let mut lanes = [0.0f64; LANES];
                     // In runs of LANES pixels, pixel `p0 + l` into lane `l`, so that the loop
                     // vectorises; the orders of candle's backward of the two broadcast
                     // multiplies.
-                    let mut step = |dx: &mut [T], g: &[T], v: &[T], s: &[T], dms: &mut [f64]| {
+                    let mut step = |dx: &mut [std::mem::MaybeUninit<T>],
+                                    g: &[T],
+                                    v: &[T],
+                                    s: &[T],
+                                    dms: &mut [f64]| {
                         for l in 0..dx.len() {
                             let gs = g[l] * s[l];
-                            dx[l] = gs * m;
+                            dx[l].write(gs * m);
                             lanes[l] += (gs * v[l]).to_f64();
                             dms[l] += (g[l] * (v[l] * m)).to_f64();
                         }

@@ -484,6 +484,15 @@ fn attend_matches_candle_over_several_chunks() -> Result<()> {
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_close(a, b, 1e-12, &format!("f64 output {i}"));
     }
+    // Empty planes: an empty result and a backward pass, not a panic.
+    let mc = Var::from_tensor(&pseudo_random(&[1, 2, 1, 1], 7)?)?;
+    let y = attend(
+        &Tensor::zeros((1, 2, 0, 3), DType::F32, &Device::Cpu)?,
+        &mc,
+        &Tensor::zeros((1, 1, 0, 3), DType::F32, &Device::Cpu)?,
+    )?;
+    assert_eq!(y.dims(), [1, 2, 0, 3]);
+    y.sum_all()?.backward()?;
     Ok(())
 }
 
