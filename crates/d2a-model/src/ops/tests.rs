@@ -167,7 +167,7 @@ fn conv2d_matches_candle_where_candle_is_right() -> Result<()> {
 
 /// Shapes large enough to take the tiled, multi-threaded paths (several row tiles per image,
 /// more work items than threads, one work item with its im2col spread over the threads, the
-/// transposed-convolution input gradient and the col2im one): forward and both gradients
+/// wider tiles of large weights, the transposed-convolution input gradient and the col2im one): forward and both gradients
 /// against candle's convolution, which is right (if slow) on these.
 #[test]
 fn conv2d_tiled_paths_match_candle_with_gradients() -> Result<()> {
@@ -182,6 +182,8 @@ fn conv2d_tiled_paths_match_candle_with_gradients() -> Result<()> {
         // One work item: im2col spread over the threads, each GEMM threaded.
         ([1, 8, 20, 20], [8, 8, 3, 3], 1, 1, 1, 1),
         ([1, 8, 21, 19], [8, 8, 3, 3], 2, 1, 1, 1),
+        // Large weights (1024 x 1152): tiles of at least 256 pixels, two per image.
+        ([1, 128, 40, 10], [1024, 128, 3, 3], 1, 1, 1, 1),
     ];
     for (i, (xd, wd, stride, padding, dilation, groups)) in cases.into_iter().enumerate() {
         let x = Var::from_tensor(&pseudo_random(&xd, 10 + i as u64)?)?;

@@ -12,11 +12,16 @@ use crate::ops::cpu::Float;
 /// Elements of the im2col block one tile works on (256 KiB of f32).
 const TILE_ELEMS: usize = 1 << 16;
 
-/// Output pixels a tile holds at least, whatever its im2col block costs: with fewer, a deep
-/// layer (k = 9·2048, 28 pixels a row) would re-pack its weights for every tile of the forward
-/// and re-read its whole weight-gradient accumulator for every few pixels, costing more memory
+/// Output pixels a tile holds at least where a group's weights are large (at least
+/// [`LARGE_WEIGHTS`] elements), whatever its im2col block costs: with fewer, a deep layer
+/// (k = 9·2048, 28 pixels a row) would re-pack its weights for every tile of the forward and
+/// re-read its whole weight-gradient accumulator for every few pixels, costing more memory
 /// traffic than the GEMM itself.
 const MIN_TILE_PIXELS: usize = 256;
+
+/// Weights per group (`c_out_g · k`) from which [`MIN_TILE_PIXELS`] applies (4 MiB of f32);
+/// below it the weights stay in cache across tiles, and cache-sized tiles measured faster.
+const LARGE_WEIGHTS: usize = 1 << 20;
 
 /// GEMMs smaller than this many multiply-adds run on one thread.
 pub(super) const GEMM_PARALLEL_MIN: usize = 1 << 18;
@@ -142,12 +147,17 @@ impl Geometry {
     }
 
     /// Output rows per tile: a tile's im2col block (`k() x rows·wo`) stays near [`TILE_ELEMS`]
-    /// elements, so it lives in cache, unless that leaves fewer than [`MIN_TILE_PIXELS`] pixels.
+    /// elements, so it lives in cache, unless that leaves a layer with large weights fewer than
+    /// [`MIN_TILE_PIXELS`] pixels.
     pub(super) fn rows_per_tile(&self) -> usize {
         let wo = self.wo.max(1);
-        (TILE_ELEMS / (self.k() * wo).max(1))
-            .max(MIN_TILE_PIXELS.div_ceil(wo))
-            .clamp(1, self.ho.max(1))
+        let rows = TILE_ELEMS / (self.k() * wo).max(1);
+        let rows = if self.c_out_g() * self.k() >= LARGE_WEIGHTS {
+            rows.max(MIN_TILE_PIXELS.div_ceil(wo))
+        } else {
+            rows
+        };
+        rows.clamp(1, self.ho.max(1))
     }
 
     pub(super) fn tiles(&self) -> usize {
