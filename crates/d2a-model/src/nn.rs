@@ -7,7 +7,10 @@ use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::cost::{Cost, Shape4};
-use crate::ops::{BnStats, Conv2dConfig, batch_norm_act, conv2d, conv2d_affine};
+use crate::ops::{
+    BnStats, Conv2dConfig, batch_norm_act, batch_norm_train, channel_affine, conv2d, conv2d_affine,
+    runs_composed,
+};
 
 /// A 2-D convolution layer on [`conv2d`], square kernel.
 #[derive(Debug, Clone)]
@@ -147,6 +150,9 @@ impl BatchNorm2d {
     /// Normalises `x` (batch statistics when `train`, updating the running ones; else the
     /// running statistics), then applies ReLU if `relu`.
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if runs_composed(x) {
+            return self.forward_composed(x, train, relu);
+        }
         if !train {
             let running = BnStats {
                 mean: self
@@ -186,6 +192,27 @@ impl BatchNorm2d {
             &self.running_var,
             stats.var.iter().map(|v| v * unbias).collect(),
         )?;
+        Ok(y)
+    }
+
+    /// [`BatchNorm2d::forward_act`] in candle's tensor ops, as off the CPU: the statistics and
+    /// their running averages never leave the device.
+    fn forward_composed(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !train {
+            let (scale, shift) = self.folded()?;
+            return channel_affine(x, (&scale, &shift), relu);
+        }
+        let (y, mean, var) = batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
+        let (b, _, h, w) = x.dims4()?;
+        let n = (b * h * w) as f64;
+        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let m = self.momentum;
+        let update = |var: &Var, batch: Tensor, gain: f64| -> Result<()> {
+            let batch = batch.to_dtype(var.dtype())?.affine(m * gain, 0.0)?;
+            var.set(&(var.as_tensor().affine(1.0 - m, 0.0)? + batch)?)
+        };
+        update(&self.running_mean, mean, 1.0)?;
+        update(&self.running_var, var, unbias)?;
         Ok(y)
     }
 }

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType as _, bail};
 use rayon::iter::{IntoParallelIterator as _, ParallelIterator as _};
 
+use super::conv::runs_composed;
 use super::cpu::{Float, LANES, SharedMut, combine_lanes, contiguous, par_planes, with_float};
 
 /// Pixels of one work item of the backward: each item sums its own partial channel-map
@@ -30,7 +31,7 @@ pub fn attend(x: &Tensor, mc: &Tensor, ms: &Tensor) -> Result<Tensor> {
             ms.dims()
         )
     }
-    if !x.device().is_cpu() {
+    if runs_composed(x) {
         return x.broadcast_mul(mc)?.broadcast_mul(ms);
     }
     x.contiguous()?.apply_op3(

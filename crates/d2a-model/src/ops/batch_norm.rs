@@ -304,6 +304,9 @@ pub fn batch_norm_act(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, Option<BnStats>)> {
+    if super::runs_composed(x) {
+        return composed_batch_norm_act(x, gamma, beta, running, eps, relu);
+    }
     let train = running.is_none();
     let out_stats = Arc::new(Mutex::new(None));
     let op = BnAct {
@@ -324,4 +327,41 @@ pub fn batch_norm_act(
         None
     };
     Ok((y, stats))
+}
+
+/// [`batch_norm_act`] composed of candle's tensor ops (off the CPU); its statistics are read
+/// back to the host, which [`crate::nn::BatchNorm2d`] avoids by calling
+/// [`super::batch_norm_train`] itself.
+fn composed_batch_norm_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: Option<BnStats>,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Option<BnStats>)> {
+    let (b, _, h, w) = x.dims4()?;
+    match running {
+        None => {
+            let (y, mean, var) = super::composed::batch_norm_train(x, gamma, beta, eps, relu)?;
+            let host = |t: Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>();
+            let stats = BnStats {
+                mean: host(mean)?,
+                var: host(var)?,
+                count: b * h * w,
+            };
+            Ok((y, Some(stats)))
+        }
+        Some(s) => {
+            let dev = x.device();
+            let inv: Vec<f64> = s.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let scale = gamma.broadcast_mul(&Tensor::new(inv, dev)?.to_dtype(gamma.dtype())?)?;
+            let mean = Tensor::new(s.mean, dev)?.to_dtype(gamma.dtype())?;
+            let shift = (beta - (mean * &scale)?)?;
+            Ok((
+                super::composed::channel_affine(x, (&scale, &shift), relu)?,
+                None,
+            ))
+        }
+    }
 }

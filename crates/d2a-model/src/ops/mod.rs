@@ -9,9 +9,14 @@
 //! f64 (`tests.rs`). Convolution (grouped, strided, dilated), max-pool and ×2 upsampling are also
 //! checked against PyTorch's outputs and gradients (`shared/fixtures/ops_io.safetensors`),
 //! bilinear resizing against PyTorch values carried in the test.
+//!
+//! Off the CPU (a CUDA GPU) every op runs composed of candle's differentiable tensor ops instead
+//! (`composed.rs`), which the tests check against the kernels on the CPU
+//! ([`ConvBackend::Composed`] selects that path there).
 
 mod attention;
 mod batch_norm;
+mod composed;
 mod conv;
 mod cpu;
 mod pool;
@@ -20,6 +25,8 @@ mod upsample;
 
 pub use attention::attend;
 pub use batch_norm::{BnStats, batch_norm_act};
+pub(crate) use composed::{batch_norm_train, channel_affine};
+pub(crate) use conv::runs_composed;
 pub use conv::{Conv2dConfig, ConvBackend, conv_backend, conv2d, conv2d_affine, set_conv_backend};
 pub use pool::max_pool2d;
 pub use residual::add_relu;

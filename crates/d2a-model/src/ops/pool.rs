@@ -10,6 +10,7 @@ use candle_core::{
 use rayon::iter::{IndexedParallelIterator as _, ParallelIterator as _};
 use rayon::slice::{ParallelSlice as _, ParallelSliceMut as _};
 
+use super::conv::runs_composed;
 use super::cpu::{Float, contiguous, with_float};
 
 /// Window geometry of a square max pool.
@@ -148,9 +149,14 @@ impl CustomOp2 for PoolGrad {
 /// # Shapes
 /// `[B, C, H, W] -> [B, C, (H + 2p − k) / s + 1, (W + 2p − k) / s + 1]`.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Pool {
+    let pool = Pool {
         kernel,
         stride,
         padding,
-    })
+    };
+    let (_, _, _, ho, wo) = pool.sizes(x.dims())?;
+    if runs_composed(x) {
+        return super::composed::max_pool2d(x, (kernel, stride, padding), (ho, wo));
+    }
+    x.contiguous()?.apply_op1(pool)
 }

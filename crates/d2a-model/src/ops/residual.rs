@@ -8,6 +8,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType as _, bail,
 };
 
+use super::conv::runs_composed;
 use super::cpu::{Float, contiguous, par_planes, with_float};
 
 /// Elements per parallel chunk.
@@ -22,7 +23,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )
     }
-    if !a.device().is_cpu() {
+    if runs_composed(a) {
         return (a + b)?.relu();
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)

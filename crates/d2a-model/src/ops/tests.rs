@@ -544,3 +544,144 @@ fn ops_match_pytorch_fixtures() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Runs `kernel` and `composed` (the same op composed of candle's tensor ops, as on a GPU) on
+/// `inputs` in f64 and asserts the outputs and every gradient agree to `1e-10`.
+fn assert_composed_matches(
+    what: &str,
+    kernel: impl Fn(&[Tensor]) -> Result<Tensor>,
+    composed: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+) -> Result<()> {
+    let [ours, theirs] = op_and_reference(composed, kernel, inputs, DType::F64)?;
+    let names = [
+        "output",
+        "gradient 0",
+        "gradient 1",
+        "gradient 2",
+        "gradient 3",
+    ];
+    for ((a, b), name) in ours.iter().zip(&theirs).zip(names) {
+        assert_close(a, b, 1e-10, &format!("{what}: {name}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn composed_convolution_matches_the_kernel_with_gradients() -> Result<()> {
+    let cfg = |stride, padding, dilation, groups| Conv2dConfig {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    let cases = [
+        // Stride 2 on a non-square input, per-axis padding and dilation, two groups.
+        ([2, 6, 9, 7], [4, 3, 3, 3], cfg((2, 1), (1, 2), (1, 2), 2)),
+        ([1, 4, 11, 8], [6, 4, 3, 3], cfg((2, 2), (1, 1), (1, 1), 1)),
+        // 32 groups, as in ResNeXt.
+        (
+            [1, 64, 7, 6],
+            [32, 2, 3, 3],
+            cfg((1, 1), (1, 1), (1, 1), 32),
+        ),
+        // Dilation 5, as in the RAB.
+        ([2, 4, 13, 11], [3, 4, 3, 3], cfg((1, 1), (5, 5), (5, 5), 1)),
+        // 1x1 with stride 2 (a ResNeXt shortcut), the 7x7 stride-2 stem.
+        ([2, 5, 9, 8], [6, 5, 1, 1], cfg((2, 2), (0, 0), (1, 1), 1)),
+        ([1, 1, 17, 15], [4, 1, 7, 7], cfg((2, 2), (3, 3), (1, 1), 1)),
+    ];
+    for (i, (xd, wd, c)) in cases.into_iter().enumerate() {
+        let x = pseudo_random(&xd, 40 + i as u64)?;
+        let w = pseudo_random(&wd, 50 + i as u64)?;
+        let (o, ho, wo) = {
+            let y = conv2d(&x, &w, c)?;
+            (y.dim(1)?, y.dim(2)?, y.dim(3)?)
+        };
+        assert_composed_matches(
+            &format!("conv case {i}"),
+            |t| conv2d(&t[0], &t[1], c),
+            |t| composed::conv2d(&t[0], &t[1], c, (ho, wo)),
+            &[x.clone(), w.clone()],
+        )?;
+        let (scale, shift) = (pseudo_random(&[o], 60)?, pseudo_random(&[o], 61)?);
+        assert_composed_matches(
+            &format!("conv affine case {i}"),
+            |t| conv2d_affine(&t[0], &t[1], (&t[2], &t[3]), c, true),
+            |t| composed::conv2d_affine(&t[0], &t[1], (&t[2], &t[3]), c, (ho, wo), true),
+            &[x, w, scale, shift],
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn composed_pooling_and_resizing_match_the_kernels_with_gradients() -> Result<()> {
+    for (i, (dims, k, s, p)) in [
+        ([2, 3, 9, 7], 3, 2, 1),
+        ([1, 2, 8, 10], 2, 2, 0),
+        ([1, 2, 7, 7], 3, 1, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Values rounded to a quarter: ties within windows, which go to the first maximum.
+        let x = (pseudo_random(&dims, 70 + i as u64)? * 4.0)?.round()?;
+        let y = max_pool2d(&x, k, s, p)?;
+        let out = (y.dim(2)?, y.dim(3)?);
+        assert_composed_matches(
+            &format!("max pool case {i}"),
+            |t| max_pool2d(&t[0], k, s, p),
+            |t| composed::max_pool2d(&t[0], (k, s, p), out),
+            &[x],
+        )?;
+    }
+    for (i, (dims, to)) in [([2, 3, 5, 7], (10, 14)), ([1, 2, 6, 5], (9, 4))]
+        .into_iter()
+        .enumerate()
+    {
+        assert_composed_matches(
+            &format!("resize case {i}"),
+            |t| resize_bilinear(&t[0], to),
+            |t| composed::resize_bilinear(&t[0], to),
+            &[pseudo_random(&dims, 80 + i as u64)?],
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn composed_batch_norm_matches_the_kernel_with_gradients_and_statistics() -> Result<()> {
+    let x = (pseudo_random(&[3, 4, 5, 6], 90)? * 3.0)?.affine(1.0, 0.5)?;
+    let gamma = pseudo_random(&[4], 91)?.affine(1.0, 1.0)?;
+    let beta = pseudo_random(&[4], 92)?;
+    let inputs = [x.clone(), gamma.clone(), beta.clone()];
+    for relu in [false, true] {
+        assert_composed_matches(
+            &format!("batch norm (relu {relu})"),
+            |t| Ok(batch_norm_act(&t[0], &t[1], &t[2], None, 1e-5, relu)?.0),
+            |t| Ok(batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu)?.0),
+            &inputs,
+        )?;
+    }
+    let x = x.to_dtype(DType::F64)?;
+    let (g, b) = (gamma.to_dtype(DType::F64)?, beta.to_dtype(DType::F64)?);
+    let (_, stats) = batch_norm_act(&x, &g, &b, None, 1e-5, false)?;
+    let stats = stats.expect("training returns statistics");
+    let (_, mean, var) = batch_norm_train(&x, &g, &b, 1e-5, false)?;
+    assert_close(&mean.to_vec1::<f64>()?, &stats.mean, 1e-12, "batch mean");
+    assert_close(&var.to_vec1::<f64>()?, &stats.var, 1e-12, "batch variance");
+    // Fixed statistics (evaluation): the folded per-channel map.
+    let inv: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+    let scale = (&g * Tensor::new(inv, &Device::Cpu)?)?;
+    let shift = (&b - (Tensor::new(stats.mean.clone(), &Device::Cpu)? * &scale)?)?;
+    let fixed = batch_norm_act(&x, &g, &b, Some(stats), 1e-5, true)?.0;
+    let folded = channel_affine(&x, (&scale, &shift), true)?;
+    assert_close(
+        &folded.flatten_all()?.to_vec1::<f64>()?,
+        &fixed.flatten_all()?.to_vec1::<f64>()?,
+        1e-12,
+        "batch norm with fixed statistics",
+    );
+    Ok(())
+}

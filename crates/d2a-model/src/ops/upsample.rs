@@ -8,11 +8,12 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType as _, bail};
 use rayon::prelude::*;
 
+use super::conv::runs_composed;
 use super::cpu::{Float, contiguous, with_float};
 
 /// For each output index along an axis from length `n` to `m`: the two source indices and
 /// their weights.
-fn taps(n: usize, m: usize) -> Vec<(usize, usize, f64, f64)> {
+pub(super) fn taps(n: usize, m: usize) -> Vec<(usize, usize, f64, f64)> {
     let scale = n as f64 / m as f64;
     (0..m)
         .map(|o| {
@@ -124,6 +125,9 @@ pub fn resize_bilinear(x: &Tensor, (height, width): (usize, usize)) -> Result<Te
             "resize_bilinear: cannot resize {:?} to {height}x{width}",
             x.dims()
         )
+    }
+    if runs_composed(x) {
+        return super::composed::resize_bilinear(x, (height, width));
     }
     x.contiguous()?.apply_op1(Resize {
         src: (h, w),

@@ -1,11 +1,15 @@
-//! Which kernel convolutions run: d2a's (the default) or candle's own, for comparison
-//! (`d2a bench --candle`).
+//! Which kernels the ops run: d2a's (the default), candle's own convolution (for comparison,
+//! `d2a bench --candle`), or every op composed of candle's tensor ops (the path tensors off the
+//! CPU always take, selectable on the CPU to check it there).
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{Result, Tensor, bail};
 
 use super::Conv2dConfig;
 
-/// Which convolution kernel [`conv2d`] and [`conv2d_affine`] run.
+/// Which kernels [`conv2d`](super::conv2d), [`conv2d_affine`](super::conv2d_affine) and, for
+/// [`ConvBackend::Composed`], the other ops run on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvBackend {
     /// d2a's kernel (the default).
@@ -14,25 +18,37 @@ pub enum ConvBackend {
     /// stride 2 on non-square inputs and its grouped convolution runs one group at a time; it
     /// takes square stride, padding and dilation only.
     Candle,
+    /// Every op (convolution, BatchNorm, pooling, resizing, attention, residual) composed of
+    /// candle's differentiable tensor ops, as it runs on a GPU: for checking that path on the
+    /// CPU, where it is slower than d2a's kernels.
+    Composed,
 }
 
-static CANDLE_BACKEND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static BACKEND: AtomicU8 = AtomicU8::new(0);
 
-/// Switches every later convolution of this process to `backend` (`d2a bench --candle`).
+/// Switches every later op of this process to `backend` (`d2a bench --candle`).
 pub fn set_conv_backend(backend: ConvBackend) {
-    CANDLE_BACKEND.store(
-        backend == ConvBackend::Candle,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let code = match backend {
+        ConvBackend::D2a => 0,
+        ConvBackend::Candle => 1,
+        ConvBackend::Composed => 2,
+    };
+    BACKEND.store(code, Ordering::Relaxed);
 }
 
-/// The kernel convolutions run on now.
+/// The kernels the ops run on now.
 pub fn conv_backend() -> ConvBackend {
-    if CANDLE_BACKEND.load(std::sync::atomic::Ordering::Relaxed) {
-        ConvBackend::Candle
-    } else {
-        ConvBackend::D2a
+    match BACKEND.load(Ordering::Relaxed) {
+        1 => ConvBackend::Candle,
+        2 => ConvBackend::Composed,
+        _ => ConvBackend::D2a,
     }
+}
+
+/// Whether an op on `x` runs composed of candle's tensor ops: always off the CPU (d2a's kernels
+/// are CPU code), and on the CPU under [`ConvBackend::Composed`].
+pub(crate) fn runs_composed(x: &Tensor) -> bool {
+    !x.device().is_cpu() || conv_backend() == ConvBackend::Composed
 }
 
 pub(super) fn candle_conv2d(x: &Tensor, weight: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> {

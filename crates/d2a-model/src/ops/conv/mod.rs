@@ -23,6 +23,7 @@ mod gemm;
 mod geometry;
 mod grad;
 
+pub(crate) use backend::runs_composed;
 pub use backend::{ConvBackend, conv_backend, set_conv_backend};
 
 use affine::Conv2dAffine;
@@ -73,9 +74,12 @@ impl Conv2dConfig {
 /// - `weight`: `[O, C / groups, KH, KW]`;
 /// - returns `[B, O, (H + 2·pad − dil·(KH − 1) − 1) / stride + 1, ...]`, as PyTorch's `conv2d`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> {
-    Geometry::new(x.dims(), weight.dims(), cfg)?;
+    let geo = Geometry::new(x.dims(), weight.dims(), cfg)?;
     if conv_backend() == ConvBackend::Candle {
         return candle_conv2d(x, weight, cfg);
+    }
+    if runs_composed(x) {
+        return crate::ops::composed::conv2d(x, weight, cfg, (geo.ho, geo.wo));
     }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, Conv2dFwd(cfg))
@@ -94,13 +98,17 @@ pub fn conv2d_affine(
     cfg: Conv2dConfig,
     relu: bool,
 ) -> Result<Tensor> {
-    Geometry::new(x.dims(), weight.dims(), cfg)?;
+    let geo = Geometry::new(x.dims(), weight.dims(), cfg)?;
     if conv_backend() == ConvBackend::Candle {
         let c = (1, scale.dim(0)?, 1, 1);
         let y = candle_conv2d(x, weight, cfg)?
             .broadcast_mul(&scale.reshape(c)?)?
             .broadcast_add(&shift.reshape(c)?)?;
         return if relu { y.relu() } else { Ok(y) };
+    }
+    if runs_composed(x) {
+        let out = (geo.ho, geo.wo);
+        return crate::ops::composed::conv2d_affine(x, weight, (scale, shift), cfg, out, relu);
     }
     let affine = Tensor::cat(&[scale, shift], 0)?.to_dtype(x.dtype())?;
     x.contiguous()?
