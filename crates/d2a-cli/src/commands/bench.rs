@@ -55,6 +55,10 @@ pub struct Args {
     /// (a model's other ops stay d2a's).
     #[arg(long)]
     pub candle: bool,
+    /// Every op composed of candle's tensor ops, the path a GPU runs, instead of d2a's CPU
+    /// kernels (what `--device cuda` always runs), to time that path on the CPU.
+    #[arg(long, conflicts_with = "candle")]
+    pub composed: bool,
 }
 
 /// The convolutions `docs/performance.md` times against PyTorch (`bench/compare.py`).
@@ -136,6 +140,8 @@ impl Args {
         use d2a_model::ops::{ConvBackend, set_conv_backend};
         set_conv_backend(if self.candle {
             ConvBackend::Candle
+        } else if self.composed {
+            ConvBackend::Composed
         } else {
             ConvBackend::D2a
         });
@@ -171,11 +177,7 @@ impl Args {
             dev.synchronize()?;
             Ok(start.elapsed().as_secs_f64())
         };
-        let name = if self.candle {
-            format!("{}/candle", self.model)
-        } else {
-            self.model.clone()
-        };
+        let name = format!("{}{}", self.model, self.suffix());
         self.report(name, (self.batch, self.size), once)
     }
 
@@ -204,12 +206,17 @@ impl Args {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let name = if self.candle {
-            format!("{name}/candle")
-        } else {
-            name
-        };
+        let name = format!("{name}{}", self.suffix());
         self.report(name, (1, 64), once)
+    }
+
+    /// The implementation's mark on a report's name: `/candle`, `/composed` or none.
+    fn suffix(&self) -> &'static str {
+        match (self.candle, self.composed) {
+            (true, _) => "/candle",
+            (_, true) => "/composed",
+            _ => "",
+        }
     }
 
     fn report(

@@ -2,8 +2,8 @@
 //! CUDA GPU), where d2a's kernels (CPU code) do not run, and on the CPU a second implementation
 //! that the kernels are checked against (`tests.rs`, `tests/composed.rs`).
 //!
-//! - convolution: im2col from shifted, strided views of the zero-padded input (`narrow`,
-//!   `reshape`, `stack`), then one `matmul` batched over the groups;
+//! - convolution: per image, im2col from shifted, strided views of the zero-padded input
+//!   (`narrow`, `reshape`, `stack`), then one `matmul` batched over the groups;
 //! - max pooling: the same windows over a `−∞`-padded input, `argmax` and `gather`, so that
 //!   the gradient goes whole to the first maximum of each window, as in the CPU kernel;
 //! - bilinear resizing: one `matmul` per axis with the interpolation matrix (whose transpose,
@@ -92,6 +92,10 @@ fn windows(x: &Tensor, (rows, cols): (Axis, Axis), fill: f64) -> Result<Vec<Tens
 }
 
 /// 2-D convolution (see [`super::conv2d`]) with output size `(ho, wo)`, already checked.
+///
+/// One image at a time: an image's stacked windows `[1, C, KH·KW, N]` are already its im2col
+/// matrix per group, `[G, Cg·KH·KW, N]` (a view, no copy), where a whole batch's would need a
+/// transposing copy, kept alive for the backward beside the first.
 pub(crate) fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -108,17 +112,18 @@ pub(crate) fn conv2d(
         dil: i(cfg.dilation),
         out,
     };
-    let taps = windows(x, (axis(kh, |p| p.0, ho), axis(kw, |p| p.1, wo)), 0.0)?;
+    let axes = (axis(kh, |p| p.0, ho), axis(kw, |p| p.1, wo));
     let (k, n) = (cg * kh * kw, ho * wo);
-    // [B, C, KH·KW, N] -> per group [Cg·KH·KW, B·N], rows in the weights' (c, ky, kx) order.
-    let cols = Tensor::stack(&taps, 2)?
-        .reshape((b, g, k, n))?
-        .permute((1, 2, 0, 3))?
-        .reshape((g, k, b * n))?;
-    let y = weight.reshape((g, o / g, k))?.matmul(&cols)?;
-    y.reshape((g, o / g, b, n))?
-        .permute((2, 0, 1, 3))?
-        .reshape((b, o, ho, wo))
+    let w = weight.reshape((g, o / g, k))?;
+    let images = (0..b)
+        .map(|i| {
+            let taps = windows(&x.narrow(0, i, 1)?, axes, 0.0)?;
+            // Rows in the weights' (c, ky, kx) order.
+            let cols = Tensor::stack(&taps, 2)?.reshape((g, k, n))?;
+            w.matmul(&cols)?.reshape((1, o, ho, wo))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&images, 0)
 }
 
 /// `conv2d · scale + shift` per output channel, then ReLU if `relu` (see
