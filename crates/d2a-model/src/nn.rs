@@ -9,7 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::cost::{Cost, Shape4};
 use crate::ops::{
     BnStats, Conv2dConfig, batch_norm_act, batch_norm_train, channel_affine, conv2d, conv2d_affine,
-    runs_composed,
+    fold_batch_norm, runs_composed,
 };
 
 /// A 2-D convolution layer on [`conv2d`], square kernel.
@@ -140,11 +140,8 @@ impl BatchNorm2d {
     /// The inference-time map as `(scale, shift)` per channel: `weight / sqrt(running_var + eps)`
     /// and `bias − running_mean · scale`, differentiable in `weight` and `bias`.
     pub fn folded(&self) -> Result<(Tensor, Tensor)> {
-        let scale = self
-            .weight
-            .broadcast_div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-        Ok((scale, shift))
+        let running = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+        fold_batch_norm(&self.weight, &self.bias, running, self.eps)
     }
 
     /// Normalises `x` (batch statistics when `train`, updating the running ones; else the

@@ -353,11 +353,9 @@ fn composed_batch_norm_act(
             Ok((y, Some(stats)))
         }
         Some(s) => {
-            let dev = x.device();
-            let inv: Vec<f64> = s.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let scale = gamma.broadcast_mul(&Tensor::new(inv, dev)?.to_dtype(gamma.dtype())?)?;
-            let mean = Tensor::new(s.mean, dev)?.to_dtype(gamma.dtype())?;
-            let shift = (beta - (mean * &scale)?)?;
+            let on_device = |v: Vec<f64>| Tensor::new(v, x.device())?.to_dtype(gamma.dtype());
+            let stats = (&on_device(s.mean)?, &on_device(s.var)?);
+            let (scale, shift) = super::fold_batch_norm(gamma, beta, stats, eps)?;
             Ok((
                 super::composed::channel_affine(x, (&scale, &shift), relu)?,
                 None,

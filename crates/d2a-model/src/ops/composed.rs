@@ -211,6 +211,20 @@ pub(crate) fn batch_norm_train(
     Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()))
 }
 
+/// BatchNorm with fixed statistics `(mean, var)` (`[C]`) folded into a per-channel
+/// `(scale, shift)`: `gamma / sqrt(var + eps)` and `beta − mean · scale`, differentiable in
+/// `gamma` and `beta`.
+pub(crate) fn fold_batch_norm(
+    gamma: &Tensor,
+    beta: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let shift = (beta - (mean * &scale)?)?;
+    Ok((scale, shift))
+}
+
 /// `x · scale + shift` per channel (BatchNorm with fixed statistics, folded), then ReLU if
 /// `relu`.
 pub(crate) fn channel_affine(

@@ -25,7 +25,7 @@ mod upsample;
 
 pub use attention::attend;
 pub use batch_norm::{BnStats, batch_norm_act};
-pub(crate) use composed::{batch_norm_train, channel_affine};
+pub(crate) use composed::{batch_norm_train, channel_affine, fold_batch_norm};
 pub(crate) use conv::runs_composed;
 pub use conv::{Conv2dConfig, ConvBackend, conv_backend, conv2d, conv2d_affine, set_conv_backend};
 pub use pool::max_pool2d;

@@ -26,7 +26,7 @@ pub enum ConvBackend {
 
 static BACKEND: AtomicU8 = AtomicU8::new(0);
 
-/// Switches every later op of this process to `backend` (`d2a bench --candle`).
+/// Switches every later op of this process to `backend` (`d2a bench --candle`, `--composed`).
 pub fn set_conv_backend(backend: ConvBackend) {
     let code = match backend {
         ConvBackend::D2a => 0,
