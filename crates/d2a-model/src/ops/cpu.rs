@@ -133,3 +133,48 @@ pub(crate) fn combine_lanes(mut a: [f64; LANES]) -> f64 {
     }
     a[0]
 }
+
+/// Large scratch buffers kept between kernel calls, as `f64` storage (aligned for either float).
+///
+/// A fresh buffer of tens of megabytes is fresh pages, and the first write to each page is a
+/// page fault the kernel must zero (about 2 µs a page here): for the Winograd transforms of a
+/// deep layer that cost more than the transforms themselves. Reused, the pages stay mapped.
+static SCRATCH: std::sync::Mutex<Vec<Vec<f64>>> = std::sync::Mutex::new(Vec::new());
+
+/// Buffers [`SCRATCH`] keeps at most (calls running at once beyond that allocate their own).
+const SCRATCH_KEPT: usize = 4;
+
+/// Runs `f` on a buffer of `len` uninitialised elements taken from [`SCRATCH`] (or allocated,
+/// if none is free), and gives the buffer back afterwards.
+pub(crate) fn with_scratch<T: Float, R>(
+    len: usize,
+    f: impl FnOnce(&mut [std::mem::MaybeUninit<T>]) -> R,
+) -> R {
+    const { assert!(align_of::<T>() <= align_of::<f64>()) };
+    let words = (len * size_of::<T>()).div_ceil(size_of::<f64>());
+    let taken = SCRATCH.lock().ok().and_then(|mut pool| {
+        // The largest free buffer: the one least likely to need growing.
+        let best = (0..pool.len()).max_by_key(|&i| pool[i].capacity())?;
+        Some(pool.swap_remove(best))
+    });
+    let mut buf = taken.unwrap_or_default();
+    buf.clear();
+    buf.reserve(words);
+    // SAFETY: the spare capacity holds at least `words` f64s, i.e. at least `len` elements of
+    // `T` (whose alignment divides f64's, asserted above); `MaybeUninit` makes no claim about
+    // their contents, and the borrow ends before `buf` is touched again.
+    let out = f(unsafe {
+        std::slice::from_raw_parts_mut(
+            buf.spare_capacity_mut()
+                .as_mut_ptr()
+                .cast::<std::mem::MaybeUninit<T>>(),
+            len,
+        )
+    });
+    if let Ok(mut pool) = SCRATCH.lock()
+        && pool.len() < SCRATCH_KEPT
+    {
+        pool.push(buf);
+    }
+    out
+}

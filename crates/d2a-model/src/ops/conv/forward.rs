@@ -7,6 +7,7 @@ use super::affine::Epilogue;
 use super::gemm::{for_each_item, matmul};
 use super::geometry::Geometry;
 use super::grad::{Conv2dInputGrad, Conv2dWeightGrad};
+use super::winograd;
 use crate::ops::cpu::{Float, SharedMut, contiguous, with_float};
 
 /// Convolution forward: `(x, w) -> y`.
@@ -21,7 +22,23 @@ impl Conv2dFwd {
 
     /// [`Conv2dFwd::run`], then, where `epilogue` is given, `y = y · scale[o] + shift[o]` and
     /// ReLU if asked, applied to each tile as soon as its GEMM wrote it (while it is in cache).
+    /// 3x3 stride-1 convolutions with enough channels run by Winograd's F(2x2, 3x3)
+    /// ([`winograd`]), the others as im2col + GEMM.
     pub(super) fn run_with<T: Float>(
+        geo: &Geometry,
+        x: &[T],
+        w: &[T],
+        epilogue: Option<Epilogue<'_, T>>,
+    ) -> Vec<T> {
+        if winograd::applies(geo) {
+            winograd::forward(geo, x, w, epilogue)
+        } else {
+            Self::im2col_gemm(geo, x, w, epilogue)
+        }
+    }
+
+    /// [`Conv2dFwd::run_with`] as im2col + GEMM, whatever the geometry.
+    pub(super) fn im2col_gemm<T: Float>(
         geo: &Geometry,
         x: &[T],
         w: &[T],

@@ -10,6 +10,7 @@ use super::Conv2dConfig;
 use super::forward::Conv2dFwd;
 use super::gemm::matmul;
 use super::geometry::{GEMM_PARALLEL_MIN, Geometry};
+use super::winograd;
 use crate::ops::cpu::{Float, contiguous, with_float};
 
 /// Most partial weight gradients summed at the end of a weight-gradient call; fixed, so that the
@@ -111,10 +112,20 @@ pub(super) struct Conv2dWeightGrad {
 }
 
 impl Conv2dWeightGrad {
+    /// `dw` of `conv(x, w)` given `dy`: by Winograd's F(2x2, 3x3) where the forward runs by it
+    /// ([`winograd::weight_grad`]), else [`Conv2dWeightGrad::im2col_gemm`].
+    fn kernel<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
+        if winograd::applies(geo) {
+            winograd::weight_grad(geo, x, gy)
+        } else {
+            Self::im2col_gemm(geo, x, gy)
+        }
+    }
+
     /// `dw` of `conv(x, w)` given `dy`: `dW_g += dY[:, tile] · im2col(tile)ᵀ` over every work
     /// item, in at most [`WEIGHT_GRAD_CHUNKS`] partial sums (fewer for large weights) added in
     /// a fixed order that depends on the shapes only.
-    fn kernel<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
+    pub(super) fn im2col_gemm<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
         let (k, n, og, cg) = (geo.k(), geo.n(), geo.c_out_g(), geo.c_in_g());
         let plane_in = geo.h * geo.w;
         let w_len = geo.c_out * k;
