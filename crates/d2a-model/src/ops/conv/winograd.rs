@@ -35,9 +35,11 @@ const XI: usize = 16;
 /// are too thin to pay for the transforms.
 const MIN_CHANNELS: usize = 64;
 
-/// Elements of one transformed input block per position (`C_g x tiles`, 256 KiB of f32): the
-/// tile rows of a work item are chosen so that it stays near this.
-const BLOCK_ELEMS: usize = 1 << 16;
+/// Elements of one transformed input block per position (`C_g x tiles`, 64 KiB of f32; 1 MiB
+/// for the 16 positions): the tile rows of a work item are chosen so that it stays near this.
+/// Against 256 KiB, the 128-channel 64x64 convolution of `d2a bench --op` ran about 25% faster
+/// on 2 threads (its items then run in parallel, each in its own cache).
+const BLOCK_ELEMS: usize = 1 << 14;
 
 /// Tiles a work item holds at least where a group's transformed weights per position reach
 /// [`LARGE_WEIGHTS`] elements: each item re-reads all of them.
