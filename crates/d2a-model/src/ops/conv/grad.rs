@@ -15,10 +15,10 @@ use crate::ops::cpu::{Float, contiguous, with_float};
 
 /// Most partial weight gradients summed at the end of a weight-gradient call; fixed, so that the
 /// summation order (and so the result, bit for bit) does not depend on the number of threads.
-const WEIGHT_GRAD_CHUNKS: usize = 8;
+pub(super) const WEIGHT_GRAD_CHUNKS: usize = 8;
 
 /// Most elements the partial weight gradients of one call may hold together (64 MiB of f32).
-const WEIGHT_GRAD_BUDGET: usize = 1 << 24;
+pub(super) const WEIGHT_GRAD_BUDGET: usize = 1 << 24;
 
 /// Input gradient: `(dy, w) -> dx`.
 pub(super) struct Conv2dInputGrad {

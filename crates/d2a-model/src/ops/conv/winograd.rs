@@ -26,6 +26,7 @@ use rayon::slice::ParallelSliceMut as _;
 use super::affine::Epilogue;
 use super::gemm::matmul;
 use super::geometry::Geometry;
+use super::grad::{WEIGHT_GRAD_BUDGET, WEIGHT_GRAD_CHUNKS};
 use crate::ops::cpu::{Float, SharedMut, with_scratch};
 
 /// Positions of a transformed 4x4 tile: the GEMMs of one call.
@@ -214,18 +215,11 @@ fn forward_with_weights<T: Float>(
     y
 }
 
-/// Most partial weight gradients summed at the end of a [`weight_grad`] call, as
-/// `grad.rs`'s `WEIGHT_GRAD_CHUNKS`: fixed, so the summation order depends on the shapes only.
-const WEIGHT_GRAD_CHUNKS: usize = 8;
-
-/// Most elements the partial transformed weight gradients of one call hold together (64 MiB of
-/// f32).
-const WEIGHT_GRAD_BUDGET: usize = 1 << 24;
-
 /// `dw` of `conv(x, w)` given `dy`, for a convolution [`applies`] accepts: per work item
 /// `dU_ξ += dM_ξ · V_ξᵀ`, with `V` the input's transform (as in [`forward`]) and `dM = A dY Aᵀ`
 /// the adjoint of the output transform, then `dw = Gᵀ dU G`, the adjoint of the weights'.
-/// The items are summed in at most [`WEIGHT_GRAD_CHUNKS`] partial sums added in a fixed order.
+/// The items are summed in at most [`WEIGHT_GRAD_CHUNKS`] partial sums (with the transformed
+/// weights' size in [`WEIGHT_GRAD_BUDGET`]) added in a fixed order, as the im2col kernel's.
 pub(super) fn weight_grad<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
     debug_assert!(applies(geo));
     let (og, cg, groups) = (geo.c_out_g(), geo.c_in_g(), geo.cfg.groups);
