@@ -83,6 +83,9 @@ struct Tiling {
     tw: usize,
     /// Tile rows per work item.
     rows_per_item: usize,
+    /// Images and groups of the call: with the blocks of tile rows, the work items.
+    batch: usize,
+    groups: usize,
 }
 
 impl Tiling {
@@ -104,17 +107,27 @@ impl Tiling {
             col_phases,
             tw,
             rows_per_item,
+            batch: geo.batch,
+            groups: geo.cfg.groups,
         }
     }
 
+    /// Blocks of tile rows per image and group.
     fn chunks(&self) -> usize {
         self.rows.len().div_ceil(self.rows_per_item)
     }
 
-    /// Tile rows `[r0, r1)` of chunk `t`.
-    fn chunk(&self, t: usize) -> (usize, usize) {
+    /// Work items of the call: every (image, group, block of tile rows).
+    fn items(&self) -> usize {
+        self.batch * self.groups * self.chunks()
+    }
+
+    /// `(b, g, [r0, r1))` of work item `i`: its image, group and tile rows.
+    fn item(&self, i: usize) -> (usize, usize, (usize, usize)) {
+        let (bg, t) = (i / self.chunks(), i % self.chunks());
         let r0 = t * self.rows_per_item;
-        (r0, (r0 + self.rows_per_item).min(self.rows.len()))
+        let rows = (r0, (r0 + self.rows_per_item).min(self.rows.len()));
+        (bg / self.groups, bg % self.groups, rows)
     }
 }
 
@@ -140,13 +153,12 @@ fn forward_with_weights<T: Float>(
     u: &[T],
     epilogue: Option<Epilogue<'_, T>>,
 ) -> Vec<T> {
-    let (og, cg, groups) = (geo.c_out_g(), geo.c_in_g(), geo.cfg.groups);
+    let (og, cg) = (geo.c_out_g(), geo.c_in_g());
     let tiling = Tiling::new(geo);
     let len = geo.batch * geo.c_out * geo.n();
     let mut y: Vec<T> = Vec::with_capacity(len);
     let y_ptr = SharedMut(y.as_mut_ptr());
-    let chunks = tiling.chunks();
-    let items = geo.batch * groups * chunks;
+    let items = tiling.items();
     let parallel = items >= 2 * rayon::current_num_threads();
     let tw = tiling.tw;
     let plane_in = geo.h * geo.w;
@@ -154,9 +166,7 @@ fn forward_with_weights<T: Float>(
     // `[O_g][16][tn]`.
     let scratch_len = (cg + og) * XI * tiling.rows_per_item * tw;
     let run = |scratch: &mut [std::mem::MaybeUninit<T>], i: usize| {
-        let (bg, t) = (i / chunks, i % chunks);
-        let (b, g) = (bg / groups, bg % groups);
-        let (r0, r1) = tiling.chunk(t);
+        let (b, g, (r0, r1)) = tiling.item(i);
         let tn = (r1 - r0) * tw;
         let x_bg = &x[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
         let (v, m) = scratch[..(cg + og) * XI * tn].split_at_mut(cg * XI * tn);
@@ -222,10 +232,9 @@ fn forward_with_weights<T: Float>(
 /// weights' size in [`WEIGHT_GRAD_BUDGET`]) added in a fixed order, as the im2col kernel's.
 pub(super) fn weight_grad<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
     debug_assert!(applies(geo));
-    let (og, cg, groups) = (geo.c_out_g(), geo.c_in_g(), geo.cfg.groups);
+    let (og, cg) = (geo.c_out_g(), geo.c_in_g());
     let tiling = Tiling::new(geo);
-    let chunks_per_image = tiling.chunks();
-    let items = geo.batch * groups * chunks_per_image;
+    let items = tiling.items();
     let u_len = geo.c_out * XI * cg;
     let partials = items
         .min(WEIGHT_GRAD_CHUNKS)
@@ -237,9 +246,7 @@ pub(super) fn weight_grad<T: Float>(geo: &Geometry, x: &[T], gy: &[T]) -> Vec<T>
     // Adds item `i` into `du` (`[O][16][C_g]`), with its transforms spread over the threads
     // and its 16 GEMMs each on a thread when `alone`.
     let add_item = |du: &mut [T], scratch: &mut [std::mem::MaybeUninit<T>], i: usize, alone| {
-        let (bg, t) = (i / chunks_per_image, i % chunks_per_image);
-        let (b, g) = (bg / groups, bg % groups);
-        let (r0, r1) = tiling.chunk(t);
+        let (b, g, (r0, r1)) = tiling.item(i);
         let tn = (r1 - r0) * tw;
         let x_bg = &x[(b * geo.c_in + g * cg) * plane_in..][..cg * plane_in];
         let gy_bg = &gy[(b * geo.c_out + g * og) * n..][..og * n];
