@@ -98,8 +98,15 @@ impl CustomOp3 for Attend {
             .apply_op3_no_bwd(x, &maps, &AttendGrad { dims: self.dims })?;
         let n = x.elem_count();
         let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dmc = flat.narrow(0, n, b * c)?.reshape(mc.shape())?;
-        let dms = flat.narrow(0, n + b * c, b * hw)?.reshape(ms.shape())?;
+        // Copied (small): as views they would keep all of `flat` alive until they are used.
+        let dmc = flat
+            .narrow(0, n, b * c)?
+            .reshape(mc.shape())?
+            .force_contiguous()?;
+        let dms = flat
+            .narrow(0, n + b * c, b * hw)?
+            .reshape(ms.shape())?
+            .force_contiguous()?;
         Ok((Some(dx), Some(dmc), Some(dms)))
     }
 }

@@ -172,8 +172,10 @@ impl CustomOp3 for BnAct {
         let flat = x.apply_op2_no_bwd(&dy.contiguous()?, &grad)?;
         let n = x.elem_count();
         let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dgamma = flat.narrow(0, n, c)?;
-        let dbeta = flat.narrow(0, n + c, c)?;
+        // Copied: as views they would keep all of `flat` alive for as long as the parameters'
+        // gradients live (the whole backward pass, as candle stores a first gradient as it is).
+        let dgamma = flat.narrow(0, n, c)?.force_contiguous()?;
+        let dbeta = flat.narrow(0, n + c, c)?.force_contiguous()?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
