@@ -685,3 +685,52 @@ fn composed_batch_norm_matches_the_kernel_with_gradients_and_statistics() -> Res
     );
     Ok(())
 }
+
+/// candle-core is vendored (vendor/README.md) so that its backward pass stores a tensor's first
+/// gradient as it is: candle 0.11.1 added each one to a fresh tensor of zeros, a zero-filled
+/// buffer and an extra pass for every activation of a training step. Fails on that candle.
+#[test]
+fn backward_keeps_a_first_gradient_without_copying_it() -> Result<()> {
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage};
+
+    /// `2x`, whose backward keeps a handle on the gradient it returns.
+    struct Double(Arc<Mutex<Option<Tensor>>>);
+    impl CustomOp1 for Double {
+        fn name(&self) -> &'static str {
+            "double"
+        }
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = &s.as_slice::<f32>()?[l.start_offset()..][..l.shape().elem_count()];
+            let y = x.iter().map(|v| 2.0 * v).collect();
+            Ok((CpuStorage::F32(y), l.shape().clone()))
+        }
+        fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+            let dx = dy.affine(2.0, 0.0)?.detach();
+            *self.0.lock().expect("unpoisoned") = Some(dx.clone());
+            Ok(Some(dx))
+        }
+    }
+    fn data_ptr(t: &Tensor) -> *const f32 {
+        match &*t.storage_and_layout().0 {
+            Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr(),
+            _ => std::ptr::null(),
+        }
+    }
+
+    let returned = Arc::new(Mutex::new(None));
+    let x = Var::new(&[1f32, 2.0, 3.0], &Device::Cpu)?;
+    let y = x.as_tensor().apply_op1(Double(returned.clone()))?;
+    let grads = y.sum_all()?.backward()?;
+    let gx = grads.get(&x).expect("x has a gradient");
+    assert_eq!(gx.to_vec1::<f32>()?, [2.0; 3]);
+    let dx = returned
+        .lock()
+        .expect("unpoisoned")
+        .clone()
+        .expect("bwd ran");
+    assert_eq!(data_ptr(gx), data_ptr(&dx), "the gradient was copied");
+    assert!(!data_ptr(gx).is_null());
+    Ok(())
+}
