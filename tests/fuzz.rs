@@ -228,6 +228,7 @@ fn prepared_manifests() {
         intensity: Intensity::Auto,
         size: 8,
         keep_empty: true,
+        soft_labels: false,
     };
     d2a_data::prepared::write(&read, &options, &prepared).unwrap();
     let manifest = prepared.join("manifest.json");

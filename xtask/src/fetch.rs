@@ -182,6 +182,7 @@ impl Args {
             intensity: Intensity::Auto,
             size: self.size,
             keep_empty,
+            soft_labels: false,
         };
         let mut read = ReadResult::default();
         for set in sets {

@@ -1081,6 +1081,7 @@ fn recipe_options_are_recorded_and_bad_ones_refused() {
             "--tversky-beta",
             "0.7",
             "--intensity-augment",
+            "--soft-labels",
             "--val-volumes",
             "phantom-1",
             "--device",
@@ -1093,6 +1094,7 @@ fn recipe_options_are_recorded_and_bad_ones_refused() {
     assert_eq!(cfg["normalise"], "clahe");
     assert_eq!(cfg["fit"]["tversky_beta"], 0.7);
     assert_eq!(cfg["intensity_augment"], true);
+    assert_eq!(cfg["soft_labels"], true);
     assert_eq!(cfg["val_volumes"], serde_json::json!(["phantom-1"]));
     let meta = d2a_model::checkpoint::read_metadata(&run.join("best.safetensors")).unwrap();
     assert_eq!(meta["d2a.normalise"], "clahe");

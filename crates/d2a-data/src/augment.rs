@@ -75,6 +75,8 @@ pub struct Augmented {
     pub image: Vec<f32>,
     /// 0/1 lesion mask.
     pub mask: Vec<u8>,
+    /// The slice's soft map ([`Slice::soft`]), moved exactly as the mask.
+    pub soft: Option<Vec<u8>>,
 }
 
 /// Applies the transforms of `cfg` to `slice`, drawing every random choice from `seed`.
@@ -82,12 +84,19 @@ pub fn augment(slice: &Slice, cfg: &AugmentConfig, seed: u64) -> Result<Augmente
     cfg.check()?;
     let mut rng = StdRng::seed_from_u64(seed);
     let r = cfg.resize;
-    let mut image = resize_bilinear(&slice.image, (slice.height, slice.width), (r, r));
-    let mut mask = resize_nearest(&slice.mask, (slice.height, slice.width), (r, r));
+    let (h, w) = (slice.height, slice.width);
+    let mut image = resize_bilinear(&slice.image, (h, w), (r, r));
+    // The mask and the soft map (where there is one) follow the image by nearest neighbour.
+    let mut labels: Vec<Vec<u8>> = std::iter::once(&slice.mask)
+        .chain(&slice.soft)
+        .map(|plane| resize_nearest(plane, (h, w), (r, r)))
+        .collect();
     if rng.random_bool(0.5) {
         for row in 0..r {
             image[row * r..(row + 1) * r].reverse();
-            mask[row * r..(row + 1) * r].reverse();
+            for plane in &mut labels {
+                plane[row * r..(row + 1) * r].reverse();
+            }
         }
     }
     if rng.random_bool(0.5) {
@@ -95,14 +104,19 @@ pub fn augment(slice: &Slice, cfg: &AugmentConfig, seed: u64) -> Result<Augmente
             let other = r - 1 - row;
             for col in 0..r {
                 image.swap(row * r + col, other * r + col);
-                mask.swap(row * r + col, other * r + col);
+                for plane in &mut labels {
+                    plane.swap(row * r + col, other * r + col);
+                }
             }
         }
     }
     let angle = rng
         .random_range(-cfg.max_rotation_deg..=cfg.max_rotation_deg)
         .to_radians();
-    (image, mask) = rotate(&image, &mask, r, angle);
+    image = rotate(&image, r, angle);
+    for plane in &mut labels {
+        *plane = rotate_nearest(plane, r, angle);
+    }
     let gamma = rng.random_range(cfg.gamma.0..=cfg.gamma.1);
     let log_c = rng
         .random_bool(cfg.log_p)
@@ -119,15 +133,20 @@ pub fn augment(slice: &Slice, cfg: &AugmentConfig, seed: u64) -> Result<Augmente
         rng.random_range(0..=r - cfg.crop),
     );
     let c = cfg.crop;
+    let crop = |plane: &[u8]| -> Vec<u8> {
+        (y0..y0 + c)
+            .flat_map(|y| &plane[y * r + x0..y * r + x0 + c])
+            .copied()
+            .collect()
+    };
     let mut out = Augmented {
         image: Vec::with_capacity(c * c),
-        mask: Vec::with_capacity(c * c),
+        mask: crop(&labels[0]),
+        soft: labels.get(1).map(|plane| crop(plane)),
     };
     for y in y0..y0 + c {
         out.image
             .extend_from_slice(&image[y * r + x0..y * r + x0 + c]);
-        out.mask
-            .extend_from_slice(&mask[y * r + x0..y * r + x0 + c]);
     }
     if cfg.intensity {
         intensity_augment(&mut out.image, c, seed);
@@ -201,13 +220,18 @@ fn blur(image: &mut [f32], n: usize, sigma: f32) {
     }
 }
 
-/// Rotates an `n x n` image (bilinear, zero outside) and mask (nearest) by `angle` radians about
-/// the centre.
-fn rotate(image: &[f32], mask: &[u8], n: usize, angle: f32) -> (Vec<f32>, Vec<u8>) {
-    let (s, c) = angle.sin_cos();
+/// The source position `(y, x)` of output pixel `(y, x)`'s centre under a rotation by the angle
+/// of `(sin, cos)` about the centre of an `n x n` plane: the inverse rotation.
+fn source(y: usize, x: usize, n: usize, (s, c): (f32, f32)) -> (f32, f32) {
     let mid = n as f32 / 2.0;
-    let mut out_img = vec![0f32; n * n];
-    let mut out_mask = vec![0u8; n * n];
+    let (dy, dx) = (y as f32 + 0.5 - mid, x as f32 + 0.5 - mid);
+    (c * dy - s * dx + mid - 0.5, s * dy + c * dx + mid - 0.5)
+}
+
+/// Rotates an `n x n` image by `angle` radians about the centre (bilinear, zero outside).
+fn rotate(image: &[f32], n: usize, angle: f32) -> Vec<f32> {
+    let sin_cos = angle.sin_cos();
+    let mut out = vec![0f32; n * n];
     let at = |y: isize, x: isize| -> f32 {
         if y >= 0 && x >= 0 && (y as usize) < n && (x as usize) < n {
             image[y as usize * n + x as usize]
@@ -217,22 +241,32 @@ fn rotate(image: &[f32], mask: &[u8], n: usize, angle: f32) -> (Vec<f32>, Vec<u8
     };
     for y in 0..n {
         for x in 0..n {
-            // Source position of the output pixel centre: the inverse rotation.
-            let (dy, dx) = (y as f32 + 0.5 - mid, x as f32 + 0.5 - mid);
-            let sy = c * dy - s * dx + mid - 0.5;
-            let sx = s * dy + c * dx + mid - 0.5;
+            let (sy, sx) = source(y, x, n, sin_cos);
             let (fy, fx) = (sy.floor(), sx.floor());
             let (ly, lx) = (sy - fy, sx - fx);
             let (iy, ix) = (fy as isize, fx as isize);
-            out_img[y * n + x] = (at(iy, ix) * (1.0 - lx) + at(iy, ix + 1) * lx) * (1.0 - ly)
+            out[y * n + x] = (at(iy, ix) * (1.0 - lx) + at(iy, ix + 1) * lx) * (1.0 - ly)
                 + (at(iy + 1, ix) * (1.0 - lx) + at(iy + 1, ix + 1) * lx) * ly;
+        }
+    }
+    out
+}
+
+/// Rotates an `n x n` label plane (mask or soft map) as [`rotate`] does the image, by nearest
+/// neighbour (zero outside).
+fn rotate_nearest(plane: &[u8], n: usize, angle: f32) -> Vec<u8> {
+    let sin_cos = angle.sin_cos();
+    let mut out = vec![0u8; n * n];
+    for y in 0..n {
+        for x in 0..n {
+            let (sy, sx) = source(y, x, n, sin_cos);
             let (ny, nx) = (sy.round() as isize, sx.round() as isize);
             if ny >= 0 && nx >= 0 && (ny as usize) < n && (nx as usize) < n {
-                out_mask[y * n + x] = mask[ny as usize * n + nx as usize];
+                out[y * n + x] = plane[ny as usize * n + nx as usize];
             }
         }
     }
-    (out_img, out_mask)
+    out
 }
 
 #[cfg(test)]
@@ -255,6 +289,7 @@ mod tests {
             width: size,
             image,
             mask,
+            soft: None,
             provenance: Provenance {
                 file: "m".into(),
                 volume: "m".into(),
@@ -299,6 +334,40 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 30, "the marker left the crop too often");
+        Ok(())
+    }
+
+    #[test]
+    fn a_soft_map_moves_exactly_as_the_mask() -> Result<()> {
+        let cfg = AugmentConfig::for_crop(24);
+        let hard = marked(32, (10, 12), 8);
+        // Soft levels: 255 on the marker, a distinct level per pixel elsewhere below 128.
+        let soft_map: Vec<u8> = (0..32 * 32)
+            .map(|i| {
+                if hard.mask[i] == 1 {
+                    255
+                } else {
+                    (i % 127) as u8
+                }
+            })
+            .collect();
+        let soft = Slice {
+            soft: Some(soft_map.clone()),
+            ..hard.clone()
+        };
+        for seed in 0..10 {
+            let (a, b) = (augment(&hard, &cfg, seed)?, augment(&soft, &cfg, seed)?);
+            // The soft map changes neither the image nor the mask.
+            assert_eq!((&a.image, &a.mask), (&b.image, &b.mask));
+            assert_eq!(a.soft, None);
+            let moved = b.soft.unwrap();
+            // Where the mask is lesion the soft map is 255; elsewhere it is below 128.
+            for (&m, &v) in b.mask.iter().zip(&moved) {
+                assert_eq!(m == 1, v == 255, "seed {seed}");
+            }
+            // The levels are moved, not recomputed: every one comes from the source map.
+            assert!(moved.iter().all(|v| *v == 0 || soft_map.contains(v)));
+        }
         Ok(())
     }
 

@@ -101,6 +101,7 @@ pub fn read_input_with(path: &Path, intensity: Intensity, series: Option<&str>) 
                 .map(|&v| rule.apply(f32::from(v), full_scale))
                 .collect(),
             mask: vec![0; height * width],
+            soft: None,
             provenance: Provenance {
                 file: path.to_path_buf(),
                 volume: stem,
@@ -146,6 +147,7 @@ fn read_dicom_input(path: &Path, intensity: Intensity, series: Option<&str>) -> 
                     .map(|&v| rule.apply(v, DISPLAY_FULL_SCALE))
                     .collect(),
                 mask: vec![0; x * y],
+                soft: None,
                 provenance: Provenance {
                     file: file.clone(),
                     volume: volume.clone(),
@@ -207,6 +209,7 @@ fn read_volume_input(path: &Path, intensity: Intensity) -> Result<Input> {
                 width: x,
                 image,
                 mask: vec![0; plane],
+                soft: None,
                 provenance: Provenance {
                     file: path.to_path_buf(),
                     volume: volume.clone(),

@@ -75,7 +75,8 @@ impl LoaderConfig {
 pub struct Batch {
     /// `[B, 1, H, W]` f32 intensities in [0, 1].
     pub images: Tensor,
-    /// `[B, 1, H, W]` f32 0/1 masks.
+    /// `[B, 1, H, W]` f32 training targets: the 0/1 masks, or a slice's soft map / 255 where
+    /// it has one ([`Slice::soft`]).
     pub masks: Tensor,
     /// Indices of the slices in the dataset, in batch order.
     pub indices: Vec<usize>,
@@ -217,12 +218,12 @@ fn make_batch(
             Some(aug) => {
                 let a = augment(&s, aug, mix(cfg.seed, epoch, i as u64))?;
                 images.extend(a.image);
-                masks.extend(a.mask.iter().map(|&m| f32::from(m)));
+                masks.extend(targets(&a.mask, a.soft.as_deref()));
                 side = (aug.crop, aug.crop);
             }
             None => {
                 images.extend(s.image);
-                masks.extend(s.mask.iter().map(|&m| f32::from(m)));
+                masks.extend(targets(&s.mask, s.soft.as_deref()));
                 side = (s.height, s.width);
             }
         }
@@ -233,6 +234,15 @@ fn make_batch(
         masks: Tensor::from_vec(masks, dims, &Device::Cpu)?,
         indices: indices.to_vec(),
     })
+}
+
+/// A slice's training targets: its soft map's levels / 255 where it has one, else its 0/1 mask.
+fn targets<'a>(mask: &'a [u8], soft: Option<&'a [u8]>) -> impl Iterator<Item = f32> + 'a {
+    let (plane, scale) = match soft {
+        Some(soft) => (soft, 255.0),
+        None => (mask, 1.0),
+    };
+    plane.iter().map(move |&v| f32::from(v) / scale)
 }
 
 /// The batches of one epoch, in order; dropping it stops the workers.
@@ -348,6 +358,42 @@ mod tests {
             .flatten_all()?
             .to_vec1::<f32>()?;
         assert_eq!(second, want.image);
+        Ok(())
+    }
+
+    #[test]
+    fn soft_maps_are_the_targets_where_slices_have_them() -> Result<()> {
+        let hard = crate::synthetic::phantom(0, 16);
+        let levels: Vec<u8> = (0..256).map(|k| (k * 7 % 256) as u8).collect();
+        let soft = Slice {
+            soft: Some(levels.clone()),
+            ..crate::synthetic::phantom(1, 16)
+        };
+        let batch = Loader::new(vec![hard.clone(), soft], LoaderConfig::eval(2))?
+            .epoch(0)
+            .next()
+            .unwrap()?;
+        let masks = batch.masks.flatten_all()?.to_vec1::<f32>()?;
+        let want_hard: Vec<f32> = hard.mask.iter().map(|&m| f32::from(m)).collect();
+        let want_soft: Vec<f32> = levels.iter().map(|&v| f32::from(v) / 255.0).collect();
+        assert_eq!(&masks[..256], &want_hard[..]);
+        assert_eq!(&masks[256..], &want_soft[..]);
+        // Augmented, the targets are the augmented soft map / 255.
+        let cfg = LoaderConfig::train(1, 3, AugmentConfig::for_crop(12));
+        let soft = Slice {
+            soft: Some(levels),
+            ..crate::synthetic::phantom(1, 16)
+        };
+        let loader = Loader::new(vec![soft.clone()], cfg)?;
+        let batch = loader.epoch(0).next().unwrap()?;
+        let a = augment(&soft, &AugmentConfig::for_crop(12), mix(3, 0, 0))?;
+        let want: Vec<f32> = a
+            .soft
+            .unwrap()
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect();
+        assert_eq!(batch.masks.flatten_all()?.to_vec1::<f32>()?, want);
         Ok(())
     }
 

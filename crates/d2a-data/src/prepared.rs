@@ -295,6 +295,7 @@ pub fn read_with<T>(dir: &Path, finish: Finish<T>) -> Result<(Manifest, Vec<T>)>
                     .map(|&v| f32::from(v) / 255.0)
                     .collect(),
                 mask: masks[plane].to_vec(),
+                soft: None,
                 provenance: prov.clone(),
             }));
         }
@@ -326,6 +327,7 @@ mod tests {
                     .map(|k| ((k + i) % 256) as f32 / 255.0)
                     .collect(),
                 mask: (0..size * size).map(|k| u8::from(k % 3 == i % 3)).collect(),
+                soft: None,
                 provenance: Provenance {
                     file: format!("f{i}.nii").into(),
                     volume: format!("v{}", i / 2),
@@ -347,6 +349,7 @@ mod tests {
             intensity: Intensity::Auto,
             size: 4,
             keep_empty: false,
+            soft_labels: false,
         }
     }
 
@@ -358,6 +361,7 @@ mod tests {
             intensity: Intensity::Auto,
             size: 8,
             keep_empty: false,
+            soft_labels: false,
         };
         let data = sample(SHARD_SLICES + 3, 8);
         let manifest = write(&data, &options, &out)?;
@@ -436,6 +440,7 @@ mod tests {
             intensity: Intensity::Auto,
             size: 5,
             keep_empty: false,
+            soft_labels: false,
         };
         // Slices of size 4 cannot go into a size-5 dataset: the write fails midway.
         assert!(write(&sample(3, 4), &options, &out).is_err());

@@ -29,6 +29,11 @@ pub struct Slice {
     pub image: Vec<f32>,
     /// 1 where lesion (every lesion label merged), else 0.
     pub mask: Vec<u8>,
+    /// The soft map the mask was cut from, in levels 0..=255 (255: certainly lesion), where the
+    /// reader was asked to keep it ([`crate::ReadOptions::soft_labels`]) and the mask file was a
+    /// soft map (pseudo-labels); training then learns these levels / 255 instead of the 0/1
+    /// mask. `None`: the mask is the target.
+    pub soft: Option<Vec<u8>>,
     /// Where it came from.
     pub provenance: Provenance,
 }
@@ -40,7 +45,7 @@ impl Slice {
     }
 
     /// The slice resized to `size x size`: image bilinear (half-pixel centres, as PyTorch with
-    /// `align_corners = false`), mask nearest neighbour.
+    /// `align_corners = false`), mask and soft map nearest neighbour.
     pub fn resized(&self, size: usize) -> Slice {
         if self.height == size && self.width == size {
             return self.clone();
@@ -50,6 +55,10 @@ impl Slice {
             width: size,
             image: resize_bilinear(&self.image, (self.height, self.width), (size, size)),
             mask: resize_nearest(&self.mask, (self.height, self.width), (size, size)),
+            soft: self
+                .soft
+                .as_ref()
+                .map(|soft| resize_nearest(soft, (self.height, self.width), (size, size))),
             provenance: self.provenance.clone(),
         }
     }
@@ -69,6 +78,8 @@ pub struct PackedSlice {
     image: Vec<u8>,
     /// The mask, 8 pixels per byte, least significant bit first.
     mask: Vec<u8>,
+    /// The soft map, as [`Slice::soft`].
+    soft: Option<Vec<u8>>,
     /// Where it came from.
     pub provenance: Provenance,
 }
@@ -94,6 +105,7 @@ impl Slice {
                         .fold(0u8, |byte, (i, &m)| byte | (u8::from(m != 0) << i))
                 })
                 .collect(),
+            soft: self.soft,
             provenance: self.provenance,
         }
     }
@@ -108,13 +120,19 @@ impl PackedSlice {
             width: self.width,
             image: self.image.iter().map(|&v| f32::from(v) / 255.0).collect(),
             mask: (0..n).map(|i| (self.mask[i / 8] >> (i % 8)) & 1).collect(),
+            soft: self.soft.clone(),
             provenance: self.provenance.clone(),
         }
     }
 
-    /// Bytes it holds (pixels and mask).
+    /// Whether it has a soft map ([`Slice::soft`]).
+    pub fn has_soft(&self) -> bool {
+        self.soft.is_some()
+    }
+
+    /// Bytes it holds (pixels, mask and soft map).
     pub fn bytes(&self) -> usize {
-        self.image.len() + self.mask.len()
+        self.image.len() + self.mask.len() + self.soft.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -294,6 +312,7 @@ mod tests {
             width: 5,
             image: vec![0.0, 51.0 / 255.0, 1.0, 0.5, 1.7],
             mask: vec![0, 1, 1, 0, 1],
+            soft: None,
             provenance: Provenance {
                 file: "a.png".into(),
                 volume: "a".into(),
@@ -307,7 +326,18 @@ mod tests {
         let back = packed.unpack();
         assert_eq!(&back.image[..3], &slice.image[..3]);
         assert_eq!(back.image[3], 128.0 / 255.0);
-        assert_eq!((back.mask, back.provenance), (slice.mask, slice.provenance));
+        assert_eq!(
+            (back.mask, back.soft, back.provenance),
+            (slice.mask.clone(), None, slice.provenance.clone())
+        );
+        // A soft map travels with the slice, byte for byte, and is counted.
+        let soft = Slice {
+            soft: Some(vec![0, 200, 128, 127, 255]),
+            ..slice
+        };
+        let packed = soft.clone().pack();
+        assert_eq!(packed.bytes(), 11);
+        assert_eq!(packed.unpack().soft, soft.soft);
     }
 
     #[test]
@@ -321,6 +351,27 @@ mod tests {
         // A 2x2 checkerboard doubled by nearest: each value becomes a 2x2 block.
         let m = resize_nearest(&[1u8, 0, 0, 1], (2, 2), (4, 4));
         assert_eq!(m, [1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1]);
+        // A slice's soft map is resized as its mask.
+        let slice = Slice {
+            height: 2,
+            width: 2,
+            image: vec![0.0; 4],
+            mask: vec![1, 0, 0, 1],
+            soft: Some(vec![200, 10, 60, 255]),
+            provenance: Provenance {
+                file: "b.png".into(),
+                volume: "b".into(),
+                slice_idx: 0,
+            },
+        }
+        .resized(4);
+        assert_eq!(slice.mask, m);
+        assert_eq!(
+            slice.soft.unwrap(),
+            [
+                200, 200, 10, 10, 200, 200, 10, 10, 60, 60, 255, 255, 60, 60, 255, 255
+            ]
+        );
         // Bilinear x2 of [0, 4] is PyTorch's [0, 1, 3, 4].
         assert_eq!(
             resize_bilinear(&[0.0, 4.0], (1, 2), (1, 4)),

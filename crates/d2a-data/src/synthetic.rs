@@ -146,6 +146,7 @@ pub fn phantom(seed: u64, size: usize) -> Slice {
         width: size,
         image,
         mask,
+        soft: None,
         provenance: Provenance {
             file: PathBuf::from("synthetic"),
             volume: format!("phantom-{}", seed / SLICES_PER_VOLUME as u64),

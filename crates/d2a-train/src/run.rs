@@ -95,6 +95,12 @@ pub struct RunConfig {
     /// crop) and infer at `size`, instead of the paper's crops of `size` from 5/4 of it.
     #[serde(default)]
     pub whole_slice: bool,
+    /// Learn soft pseudo-labels: where a 2-D mask file is a soft map (0-255, as Inf-Net's
+    /// pseudo-labels are saved), the targets are its levels / 255 instead of the mask cut at 128
+    /// (knowledge distillation from the model that made them). Validation and test are scored
+    /// on the hard masks either way.
+    #[serde(default)]
+    pub soft_labels: bool,
 }
 
 /// How a run folder that already holds a run is treated.
@@ -629,18 +635,25 @@ fn load_train(cfg: &RunConfig, observer: &mut dyn Observer) -> Result<Vec<Packed
         TrainData::Folder { path, also } => {
             let native = ReadOptions {
                 size: 0,
+                soft_labels: cfg.soft_labels,
                 ..ReadOptions::paper()
             };
             let mut slices = Vec::new();
             for path in std::iter::once(path).chain(also) {
                 observer.message(&format!("reading {}", path.display()));
-                slices.extend(read_dataset_with(path, &native, &finish).map_err(|source| {
-                    Error::Data {
+                let read =
+                    read_dataset_with(path, &native, &finish).map_err(|source| Error::Data {
                         what: "reading the training data",
                         path: path.clone(),
                         source: Box::new(source),
-                    }
-                })?);
+                    })?;
+                if cfg.soft_labels && !read.iter().any(PackedSlice::has_soft) {
+                    observer.message(&format!(
+                        "no soft masks in {}: its slices train on their hard masks",
+                        path.display()
+                    ));
+                }
+                slices.extend(read);
             }
             Ok(slices)
         }

@@ -63,6 +63,7 @@ impl Args {
             intensity: self.intensity,
             size: self.size,
             keep_empty: self.keep_empty,
+            soft_labels: false,
         };
         let read = read_source(&self.images, &self.masks, &options).with_context(|| {
             format!(

@@ -79,6 +79,11 @@ pub struct Args {
     /// crop) and infer at --size, instead of the paper's crops of --size from 5/4 of it.
     #[arg(long)]
     pub whole_slice: bool,
+    /// Learn soft pseudo-labels: where a mask image is a soft map (0-255, as
+    /// covid20-infnet-pseudo's are), train towards its levels / 255 instead of the mask cut at
+    /// 128. Validation and test are scored on the hard masks.
+    #[arg(long)]
+    pub soft_labels: bool,
     /// After the last epoch, choose the lesion probability threshold with the best validation
     /// Dice, record it in best.safetensors (eval and predict use it) and test with it.
     #[arg(long)]
@@ -116,7 +121,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "train", "test", "model", "backbone", "batch", "size", "lr", "weight_decay", "schedule",
         "threshold_on_val", "normalise", "tversky_beta", "intensity_augment", "whole_slice",
-        "recipe",
+        "soft_labels", "recipe",
         "patience", "val_fraction", "val_volumes", "slices", "seed", "repeats", "out", "force",
     ])]
     pub resume: Option<PathBuf>,
@@ -322,6 +327,7 @@ impl Args {
             normalise: self.normalise.unwrap_or(recipe.normalise),
             intensity_augment: self.intensity_augment,
             whole_slice: self.whole_slice,
+            soft_labels: self.soft_labels,
         })
     }
 

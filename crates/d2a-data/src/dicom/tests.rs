@@ -288,6 +288,7 @@ fn a_series_pairs_with_a_nifti_mask_or_a_seg() {
         intensity: Intensity::Auto,
         size: 8,
         keep_empty: true,
+        soft_labels: false,
     };
     let masks_of = |mask: &Path| -> Vec<Vec<u8>> {
         let got = crate::readers::read_source(&series_dir, mask, &ReadOptions { size: 0, ..opts });

@@ -30,6 +30,11 @@ pub struct ReadOptions {
     pub size: usize,
     /// Keep slices without lesion (the paper drops them).
     pub keep_empty: bool,
+    /// Keep the soft maps of 2-D mask files that are soft (pseudo-labels saved as
+    /// probabilities, 0-255) in [`Slice::soft`], as training targets; masks that are label maps
+    /// or two-valued, NIfTI and DICOM masks and prepared folders have none.
+    #[serde(default)]
+    pub soft_labels: bool,
 }
 
 impl ReadOptions {
@@ -39,6 +44,7 @@ impl ReadOptions {
             intensity: Intensity::Auto,
             size: 0,
             keep_empty: true,
+            soft_labels: false,
         }
     }
 
@@ -57,6 +63,7 @@ impl ReadOptions {
             intensity: Intensity::Auto,
             size: 512,
             keep_empty: false,
+            soft_labels: false,
         }
     }
 }
@@ -269,6 +276,7 @@ pub fn read_nifti_pair_with<T: Send>(
                 width: x,
                 image: img,
                 mask: msk,
+                soft: None,
                 provenance: Provenance {
                     file: image.to_path_buf(),
                     volume: volume.clone(),
@@ -323,6 +331,27 @@ pub fn mask_from_gray(map: &GrayMap) -> Vec<u8> {
         .collect()
 }
 
+/// The soft map of a mask image in levels 0..=255 (`round(255 · v / full scale)`), or `None`
+/// where the image is a label map or holds at most two values (a binary mask has nothing soft
+/// to keep).
+pub fn soft_levels(map: &GrayMap) -> Option<Vec<u8>> {
+    let label_map = map.values.iter().all(|&v| v <= 3);
+    let mut seen = map.values.iter().copied();
+    let first = seen.next()?;
+    let second = seen.find(|&v| v != first)?;
+    let two_valued = map.values.iter().all(|&v| v == first || v == second);
+    if label_map || two_valued {
+        return None;
+    }
+    let full = u32::from(map.depth_max);
+    Some(
+        map.values
+            .iter()
+            .map(|&v| ((u32::from(v) * 255 + full / 2) / full) as u8)
+            .collect(),
+    )
+}
+
 /// Reads two folders of 2-D images paired by stem.
 pub fn read_slice_folders(images: &Path, masks: &Path, opts: &ReadOptions) -> Result<ReadResult> {
     read_slice_folders_with(images, masks, opts, &|s| s)
@@ -355,6 +384,11 @@ pub fn read_slice_folders_with<T: Send>(
             width: img.width as usize,
             image: raw.iter().map(|&v| rule.apply(v, full_scale)).collect(),
             mask: mask_from_gray(&msk),
+            soft: if opts.soft_labels {
+                soft_levels(&msk)
+            } else {
+                None
+            },
             provenance: Provenance {
                 file: pair.left.clone(),
                 volume: volume_of_stem(&pair.stem),

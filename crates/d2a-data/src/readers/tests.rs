@@ -35,6 +35,7 @@ fn opts(size: usize, keep_empty: bool) -> ReadOptions {
         intensity: Intensity::Auto,
         size,
         keep_empty,
+        soft_labels: false,
     }
 }
 
@@ -50,6 +51,7 @@ fn nifti_counts_orientation_window_and_merge() -> Result<()> {
                 intensity: Intensity::Auto,
                 size: 6,
                 keep_empty: true,
+                soft_labels: false,
             },
         )?;
         assert_eq!(r.n_slices_total, 5);
@@ -114,6 +116,7 @@ fn u8_volumes_are_divided_by_255() -> Result<()> {
             intensity: Intensity::Hu,
             size: 4,
             keep_empty: false,
+            soft_labels: false,
         },
     )?;
     assert!(
@@ -349,4 +352,67 @@ fn a_fifo_is_refused_before_it_is_opened() {
         err.contains("pipe.nii") && err.contains("not a regular file"),
         "{err}"
     );
+}
+
+#[test]
+fn soft_maps_are_kept_when_asked_and_only_where_soft() -> Result<()> {
+    let map = |values: Vec<u16>, depth_max: u16| GrayMap {
+        width: values.len() as u32,
+        height: 1,
+        values,
+        depth_max,
+    };
+    // Label maps and two-valued masks have nothing soft; 8-bit levels are kept as they are.
+    assert_eq!(soft_levels(&map(vec![0, 1, 2, 3], 255)), None);
+    assert_eq!(soft_levels(&map(vec![0, 255, 255, 0], 255)), None);
+    assert_eq!(soft_levels(&map(vec![9, 9], 255)), None);
+    assert_eq!(
+        soft_levels(&map(vec![0, 7, 127, 128, 255], 255)),
+        Some(vec![0, 7, 127, 128, 255])
+    );
+    // 16-bit maps are scaled to 0..=255, rounding to nearest.
+    assert_eq!(
+        soft_levels(&map(vec![0, 257, 32896, 65535], 65535)),
+        Some(vec![0, 1, 128, 255])
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, masks) = (tmp.path().join("images"), tmp.path().join("masks"));
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    let save = |dir: &Path, name: &str, f: &dyn Fn(u32) -> u8| {
+        image::GrayImage::from_fn(4, 2, |x, y| image::Luma([f(x + 4 * y)]))
+            .save(dir.join(name))
+            .unwrap();
+    };
+    save(&images, "v_1.png", &|i| (i * 30) as u8);
+    save(&masks, "v_1.png", &|i| (i * 36) as u8);
+    save(&images, "v_2.png", &|i| (i * 10) as u8);
+    save(&masks, "v_2.png", &|i| if i > 4 { 255 } else { 0 });
+    let soft = ReadOptions {
+        soft_labels: true,
+        ..opts(0, true)
+    };
+    let read = read_slice_folders(&images, &masks, &soft)?.slices;
+    let levels: Vec<u8> = (0..8).map(|i| (i * 36) as u8).collect();
+    assert_eq!(read[0].soft.as_deref(), Some(&levels[..]));
+    // The hard mask is still the soft map cut at half scale.
+    let cut: Vec<u8> = levels.iter().map(|&v| u8::from(v >= 128)).collect();
+    assert_eq!(read[0].mask, cut);
+    assert_eq!(read[1].soft, None, "a binary mask keeps no soft map");
+    // Not asked: no soft maps, the same masks.
+    let plain = read_slice_folders(&images, &masks, &opts(0, true))?.slices;
+    assert!(plain.iter().all(|s| s.soft.is_none()));
+    assert_eq!(plain[0].mask, read[0].mask);
+    // Resized on reading, the soft map follows the mask.
+    let resized = read_slice_folders(&images, &masks, &ReadOptions { size: 8, ..soft })?.slices;
+    let soft8 = resized[0].soft.as_ref().unwrap();
+    assert_eq!(
+        resized[0].mask,
+        soft8
+            .iter()
+            .map(|&v| u8::from(v >= 128))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
 }
