@@ -317,7 +317,7 @@ pub fn volume_of_stem(stem: &str) -> String {
 /// classes) is lesion where non-zero; anything else (0/255 or soft 0–255 maps) is lesion where
 /// the value is at least half the full scale (128 for 8-bit).
 pub fn mask_from_gray(map: &GrayMap) -> Vec<u8> {
-    let label_map = map.values.iter().all(|&v| v <= 3);
+    let label_map = is_label_map(map);
     let cut = u32::from(map.depth_max).div_ceil(2);
     map.values
         .iter()
@@ -331,11 +331,17 @@ pub fn mask_from_gray(map: &GrayMap) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a mask image is a label map: every value at most 3 (0 background, 1-3 lesion
+/// classes).
+fn is_label_map(map: &GrayMap) -> bool {
+    map.values.iter().all(|&v| v <= 3)
+}
+
 /// The soft map of a mask image in levels 0..=255 (`round(255 · v / full scale)`), or `None`
 /// where the image is a label map or holds at most two values (a binary mask has nothing soft
 /// to keep).
 pub fn soft_levels(map: &GrayMap) -> Option<Vec<u8>> {
-    let label_map = map.values.iter().all(|&v| v <= 3);
+    let label_map = is_label_map(map);
     let mut seen = map.values.iter().copied();
     let first = seen.next()?;
     let second = seen.find(|&v| v != first)?;
@@ -384,11 +390,7 @@ pub fn read_slice_folders_with<T: Send>(
             width: img.width as usize,
             image: raw.iter().map(|&v| rule.apply(v, full_scale)).collect(),
             mask: mask_from_gray(&msk),
-            soft: if opts.soft_labels {
-                soft_levels(&msk)
-            } else {
-                None
-            },
+            soft: opts.soft_labels.then(|| soft_levels(&msk)).flatten(),
             provenance: Provenance {
                 file: pair.left.clone(),
                 volume: volume_of_stem(&pair.stem),
