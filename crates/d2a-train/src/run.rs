@@ -405,6 +405,18 @@ impl Plan {
                 val.len()
             )));
         }
+        let val_names: Vec<&str> = val
+            .iter()
+            .map(|s| s.provenance.volume.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        observer.message(&format!(
+            "validation: {} slices of {} volumes ({})",
+            val.len(),
+            val_names.len(),
+            val_names.join(", ")
+        ));
         let augment =
             augment_config(cfg.size, cfg.whole_slice).with_intensity(cfg.intensity_augment);
         let mut loading = LoaderConfig::train(cfg.batch, cfg.seed, augment);
