@@ -1153,13 +1153,29 @@ fn the_cpu_hour_recipe_fills_in_what_no_flag_gives() {
     assert_eq!(cfg["normalise"], "percentile");
     assert_eq!(cfg["threshold_on_val"], true);
     assert_eq!(cfg["whole_slice"], true);
+    assert_eq!(cfg["fit"]["schedule"], "cosine");
+    assert_eq!(cfg["soft_labels"], true);
+    assert_eq!(cfg["intensity_augment"], true);
     // Whole slices: inference at the training side, not 5/4 of it.
     assert_eq!(meta["d2a.input_size"], "32");
     assert!(meta.contains_key("d2a.threshold"), "{meta:?}");
 
-    // A flag overrides the recipe.
-    let (cfg, meta) = train(&tmp.path().join("other"), &["--normalise", "none"]);
+    // A flag overrides the recipe, the switches with `=false`.
+    let (cfg, meta) = train(
+        &tmp.path().join("other"),
+        &[
+            "--normalise",
+            "none",
+            "--schedule",
+            "plateau",
+            "--soft-labels=false",
+            "--intensity-augment=false",
+        ],
+    );
     assert_eq!(cfg["normalise"], "none");
+    assert_eq!(cfg["fit"]["schedule"], "plateau");
+    assert_eq!(cfg["soft_labels"], false);
+    assert_eq!(cfg["intensity_augment"], false);
     assert_eq!(cfg["whole_slice"], false);
     assert_eq!(meta["d2a.input_size"], "48");
     fails_with(

@@ -34,9 +34,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub backbone: Option<PathBuf>,
     /// A bundle of settings for real data, each overridden by its own flag: paper (the paper's
-    /// protocol: 448 crops, 30 epochs, lr 1e-4, no normalisation) or cpu-hour (the best
-    /// measured in an hour on 2 CPU cores: 192 crops, 5 epochs, lr 1e-3, percentile
-    /// normalisation, threshold chosen on validation; docs/results.md).
+    /// protocol: 448 crops, 30 epochs, lr 1e-4, no normalisation) or cpu-hour (the best on
+    /// validation, over three seeds, of what trains in an hour on 2 CPU cores: 192 crops, 8
+    /// epochs of a cosine schedule from lr 1e-3, percentile normalisation, soft pseudo-labels,
+    /// intensity augmentation, threshold chosen on validation; docs/results.md).
     #[arg(long, default_value = "paper")]
     pub recipe: Recipe,
     /// Epochs [default: 30 on real data, 16 on phantoms].
@@ -57,9 +58,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
     /// Learning-rate schedule: plateau (the paper's: tenfold drop after --patience epochs
-    /// without improvement of the validation loss) or cosine (decay to 0 over --epochs).
-    #[arg(long, default_value = "plateau")]
-    pub schedule: Schedule,
+    /// without improvement of the validation loss) or cosine (decay to 0 over --epochs)
+    /// [default: plateau, cosine for --recipe cpu-hour].
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
     /// β of the loss's region term: 0.5 is soft Dice (the paper's Dice + BCE); above 0.5 the
     /// Tversky loss, which counts a missed lesion pixel β/(1-β) times a false alarm (against
     /// under-segmentation; 0.7 is common).
@@ -72,18 +74,20 @@ pub struct Args {
     #[arg(long, value_name = "NORMALISE")]
     pub normalise: Option<d2a_model::Normalise>,
     /// Add nnU-Net's intensity augmentations to the paper's: contrast, brightness, Gaussian
-    /// noise, blur and low resolution, each drawn with nnU-Net's probability.
-    #[arg(long)]
-    pub intensity_augment: bool,
+    /// noise, blur and low resolution, each drawn with nnU-Net's probability [default: off, on
+    /// for --recipe cpu-hour; `--intensity-augment=false` turns it off].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub intensity_augment: Option<bool>,
     /// Train on whole slices resized to --size (rotation, flips and intensity transforms, no
     /// crop) and infer at --size, instead of the paper's crops of --size from 5/4 of it.
     #[arg(long)]
     pub whole_slice: bool,
     /// Learn soft pseudo-labels: where a mask image is a soft map (0-255, as
     /// covid20-infnet-pseudo's are), train towards its levels / 255 instead of the mask cut at
-    /// 128. Validation and test are scored on the hard masks.
-    #[arg(long)]
-    pub soft_labels: bool,
+    /// 128. Validation and test are scored on the hard masks [default: off, on for --recipe
+    /// cpu-hour; `--soft-labels=false` turns it off].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub soft_labels: Option<bool>,
     /// After the last epoch, choose the lesion probability threshold with the best validation
     /// Dice, record it in best.safetensors (eval and predict use it) and test with it.
     #[arg(long)]
@@ -153,6 +157,9 @@ struct RecipeDefaults {
     lr: f64,
     normalise: d2a_model::Normalise,
     threshold_on_val: bool,
+    schedule: Schedule,
+    soft_labels: bool,
+    intensity_augment: bool,
 }
 
 impl Recipe {
@@ -164,13 +171,19 @@ impl Recipe {
                 lr: 1e-4,
                 normalise: d2a_model::Normalise::None,
                 threshold_on_val: false,
+                schedule: Schedule::Plateau,
+                soft_labels: false,
+                intensity_augment: false,
             },
             Recipe::CpuHour => RecipeDefaults {
                 size: 192,
-                epochs: 5,
+                epochs: 8,
                 lr: 1e-3,
                 normalise: d2a_model::Normalise::Percentile,
                 threshold_on_val: true,
+                schedule: Schedule::Cosine,
+                soft_labels: true,
+                intensity_augment: true,
             },
         }
     }
@@ -320,14 +333,14 @@ impl Args {
                     patience: self.patience,
                     ..PlateauConfig::paper()
                 },
-                schedule: self.schedule,
+                schedule: self.schedule.unwrap_or(recipe.schedule),
                 tversky_beta: self.tversky_beta,
             },
             threshold_on_val: self.threshold_on_val || recipe.threshold_on_val,
             normalise: self.normalise.unwrap_or(recipe.normalise),
-            intensity_augment: self.intensity_augment,
+            intensity_augment: self.intensity_augment.unwrap_or(recipe.intensity_augment),
             whole_slice: self.whole_slice,
-            soft_labels: self.soft_labels,
+            soft_labels: self.soft_labels.unwrap_or(recipe.soft_labels),
         })
     }
 
