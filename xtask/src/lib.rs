@@ -3,7 +3,10 @@
 //! - `fetch-data` ([`fetch`]): the paper's three datasets into `data/raw/` with checksums and
 //!   resumable downloads ([`download`], [`datasets`]), prepared into `data/prepared/{train,test}`.
 //! - `convert-weights` ([`convert`]): ImageNet ResNeXt-50 / ResNet-101 weights to safetensors.
+//! - `align-labels` ([`align`]): the radiologists' masks of `ma20-radiologist-256` carried onto
+//!   the Inf-Net images of `covid20-infnet-pseudo`, as a dataset folder.
 
+pub mod align;
 pub mod convert;
 pub mod datasets;
 pub mod download;
@@ -25,6 +28,8 @@ pub enum Task {
     FetchData(fetch::Args),
     /// Convert ImageNet ResNeXt-50 / ResNet-101 weights to weights/<name>.safetensors.
     ConvertWeights(convert::Args),
+    /// Carry ma20-radiologist-256's radiologist masks onto covid20-infnet-pseudo's images.
+    AlignLabels(align::Args),
 }
 
 impl Cli {
@@ -33,6 +38,7 @@ impl Cli {
         match self.task {
             Task::FetchData(args) => args.run(),
             Task::ConvertWeights(args) => args.run(),
+            Task::AlignLabels(args) => args.run(),
         }
     }
 }

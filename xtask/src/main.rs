@@ -1,4 +1,4 @@
-//! `cargo xtask <fetch-data|convert-weights>`: see the library's documentation.
+//! `cargo xtask <fetch-data|convert-weights|align-labels>`: see the library's documentation.
 
 use clap::Parser as _;
 

@@ -9,11 +9,14 @@
 //! - [`synthetic`]: CT-like phantoms with exact masks, the embedded default dataset.
 //! - [`augment`]: the paper's augmentation, seeded. [`loader`]: shuffled, prefetched batches.
 //! - [`slice_files`]: listing and pairing slice folders, decoding grayscale maps.
+//! - [`align`]: finding one copy of a slice inside another by normalised cross-correlation and
+//!   carrying its mask across (the radiologists' masks onto Inf-Net's images).
 //!
 //! The crate stands alone: it depends on no other d2a crate.
 
 #![warn(missing_docs)]
 
+pub mod align;
 pub mod augment;
 pub mod dataset;
 pub mod dicom;
